@@ -1,0 +1,427 @@
+"""The local Faiss vector store: the embedded default and the fallback backend.
+
+Each collection is a directory under the store root::
+
+    <root>/<name>/CURRENT            -> "gen-000007" (swapped atomically by flush)
+    <root>/<name>/gen-000007/meta.json, index.faiss, ids.npy, owners.npy, keys.json
+
+Indexes come from ``faiss.index_factory`` with the strings of :mod:`.index_spec`, inner
+product on L2-normalised vectors. IVF indexes need training; until a collection holds
+``nlist * train_points_per_list`` vectors they sit in an exact buffer that is searched
+alongside (the same thing Milvus does with segments too small to index), then the index is
+trained on a random sample of that size and the buffer moves in. Search uses the GPU when
+faiss-gpu sees one; persistence is always the CPU index.
+
+One process owns a store directory; readers in other processes see what was last flushed
+when they open it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import faiss
+import numpy as np
+
+from .base import (
+    CollectionExists,
+    CollectionInfo,
+    CollectionNotFound,
+    SearchResult,
+    check_queries,
+    check_vectors,
+)
+from .index_spec import Flat, Hnsw, IndexSpec, IvfFlat, IvfPq, SearchParams, check_metric, index_spec_from_dict, index_spec_to_dict
+
+log = logging.getLogger(__name__)
+
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def check_collection_name(name: str) -> str:
+    """Collection names are used as directory and Milvus names: letters, digits, ``_``, ``-``."""
+    if not name or len(name) > 200 or not set(name) <= _NAME_OK or name[0].isdigit():
+        raise ValueError(
+            f"invalid collection name {name!r}: use 1-200 letters, digits, '_' or '-', not starting with a digit"
+        )
+    return name
+
+
+def _metric_type(metric: str) -> int:
+    return faiss.METRIC_INNER_PRODUCT if metric == "IP" else faiss.METRIC_L2
+
+
+def _new_index(dim: int, metric: str, spec: IndexSpec) -> faiss.Index:
+    if isinstance(spec, IvfPq) and dim % spec.m:
+        raise ValueError(f"IVF_PQ needs m to divide the dimension: m={spec.m}, dim={dim}")
+    if isinstance(spec, (Flat, Hnsw)):
+        # Flat and HNSW keep sequential ids; the IDMap2 wrapper maps them to segment ids.
+        index = faiss.index_factory(dim, spec.faiss_factory(), _metric_type(metric))
+        if isinstance(spec, Hnsw):
+            index.hnsw.efConstruction = spec.ef_construction
+        return faiss.IndexIDMap2(index)
+    return faiss.index_factory(dim, spec.faiss_factory(), _metric_type(metric))
+
+
+@dataclass
+class _Collection:
+    name: str
+    dim: int
+    metric: str
+    spec: IndexSpec
+    index: faiss.Index
+    # Exact buffer for IVF collections not yet trained (None once trained or for Flat/HNSW).
+    pending: faiss.Index | None
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    owners: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
+    keys: list[str] = field(default_factory=list)
+    key_codes: dict[str, int] = field(default_factory=dict)
+    gpu_index: faiss.Index | None = None
+    dirty: bool = True
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal + (self.pending.ntotal if self.pending is not None else 0))
+
+    def info(self) -> CollectionInfo:
+        return CollectionInfo(self.name, self.dim, self.metric, self.spec, self.count)
+
+    def code_of(self, key: str) -> int:
+        code = self.key_codes.get(key)
+        if code is None:
+            code = self.key_codes[key] = len(self.keys)
+            self.keys.append(key)
+        return code
+
+
+class FaissStore:
+    """Vector store on local Faiss indexes (see the module docstring for the layout)."""
+
+    backend = "faiss"
+
+    def __init__(self, root: str | os.PathLike[str], threads: int = 1, use_gpu: bool = True, train_points_per_list: int = 64):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.train_points_per_list = train_points_per_list
+        self._gpus = faiss.get_num_gpus() if use_gpu and hasattr(faiss, "get_num_gpus") else 0
+        if threads > 0:
+            faiss.omp_set_num_threads(threads)
+        self._collections: dict[str, _Collection] = {}
+        self._lock = threading.RLock()
+
+    # -- collections -------------------------------------------------------------------
+
+    def create_collection(self, name: str, dim: int, index: IndexSpec, metric: str = "IP") -> CollectionInfo:
+        check_collection_name(name)
+        metric = check_metric(metric)
+        if dim < 1:
+            raise ValueError(f"dimension must be positive, got {dim}")
+        with self._lock:
+            if self.has_collection(name):
+                existing = self._get(name)
+                if (existing.dim, existing.metric, existing.spec) != (dim, metric, index):
+                    raise CollectionExists(
+                        f"collection {name!r} exists with dim={existing.dim}, metric={existing.metric}, "
+                        f"index={index_spec_to_dict(existing.spec)}; drop it or choose another name"
+                    )
+                return existing.info()
+            base = _new_index(dim, metric, index)
+            pending = None
+            if not base.is_trained:
+                pending = faiss.IndexIDMap2(faiss.IndexFlat(dim, _metric_type(metric)))
+            coll = _Collection(name, dim, metric, index, base, pending)
+            self._collections[name] = coll
+            self._persist(coll)
+            return coll.info()
+
+    def has_collection(self, name: str) -> bool:
+        return name in self._collections or (self.root / name / "CURRENT").is_file()
+
+    def list_collections(self) -> list[str]:
+        on_disk = {p.parent.name for p in self.root.glob("*/CURRENT")}
+        return sorted(on_disk | set(self._collections))
+
+    def describe(self, name: str) -> CollectionInfo:
+        return self._get(name).info()
+
+    def count(self, name: str) -> int:
+        return self._get(name).count
+
+    def drop_collection(self, name: str) -> None:
+        with self._lock:
+            self._collections.pop(name, None)
+            shutil.rmtree(self.root / name, ignore_errors=True)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, video_keys: Sequence[str]) -> int:
+        with self._lock:
+            coll = self._get(name)
+            ids, vectors = check_vectors(ids, vectors, video_keys, coll.dim)
+            if len(ids) == 0:
+                return 0
+            self._remove(coll, np.isin(coll.ids, ids))
+            target = coll.pending if coll.pending is not None else coll.index
+            target.add_with_ids(vectors, ids)
+            codes = np.fromiter((coll.code_of(k) for k in video_keys), dtype=np.int32, count=len(ids))
+            coll.ids = np.concatenate([coll.ids, ids])
+            coll.owners = np.concatenate([coll.owners, codes])
+            self._changed(coll)
+            if coll.pending is not None and coll.pending.ntotal >= self._train_size(coll):
+                self._train(coll)
+            return len(ids)
+
+    def delete_videos(self, name: str, video_keys: Sequence[str]) -> None:
+        with self._lock:
+            coll = self._get(name)
+            codes = [coll.key_codes[k] for k in video_keys if k in coll.key_codes]
+            if codes:
+                self._remove(coll, np.isin(coll.owners, codes))
+
+    def delete_ids(self, name: str, ids: np.ndarray) -> None:
+        with self._lock:
+            coll = self._get(name)
+            self._remove(coll, np.isin(coll.ids, np.asarray(ids, dtype=np.int64)))
+
+    def train(self, name: str) -> None:
+        """Train an IVF collection now on what it holds (at least ``min_train_points``)."""
+        with self._lock:
+            coll = self._get(name)
+            if coll.pending is None:
+                return
+            need = coll.spec.min_train_points()
+            if coll.pending.ntotal < need:
+                raise ValueError(
+                    f"collection {name!r} holds {coll.pending.ntotal} vectors; {coll.spec.kind} with these "
+                    f"parameters needs at least {need} to train"
+                )
+            self._train(coll)
+
+    def flush(self, name: str) -> None:
+        with self._lock:
+            coll = self._get(name)
+            if coll.dirty:
+                self._persist(coll)
+
+    def close(self) -> None:
+        with self._lock:
+            for coll in self._collections.values():
+                if coll.dirty:
+                    self._persist(coll)
+            self._collections.clear()
+
+    # -- search ------------------------------------------------------------------------
+
+    def search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        k: int,
+        params: SearchParams | None = None,
+        video_keys: Sequence[str] | None = None,
+    ) -> SearchResult:
+        with self._lock:
+            coll = self._get(name)
+            queries = check_queries(queries, coll.dim, k)
+            selector = None
+            if video_keys is not None:
+                codes = [coll.key_codes[k_] for k_ in video_keys if k_ in coll.key_codes]
+                allowed = coll.ids[np.isin(coll.owners, codes)]
+                if len(allowed) == 0:
+                    return _empty_result(len(queries), k)
+                selector = faiss.IDSelectorBatch(allowed)
+            parts = []
+            if coll.index.ntotal:
+                parts.append(self._search_one(coll, coll.index, queries, k, params, selector, main=True))
+            if coll.pending is not None and coll.pending.ntotal:
+                parts.append(self._search_one(coll, coll.pending, queries, k, None, selector, main=False))
+            if not parts:
+                return _empty_result(len(queries), k)
+            return _merge(parts, k, coll.metric)
+
+    def _search_one(self, coll, index, queries, k, params, selector, main: bool):
+        knobs = coll.spec.search_params(params) if main else {}
+        if isinstance(coll.spec, (IvfFlat, IvfPq)) and main:
+            sp = faiss.SearchParametersIVF(nprobe=knobs["nprobe"])
+        elif isinstance(coll.spec, Hnsw) and main:
+            sp = faiss.SearchParametersHNSW(efSearch=knobs["ef"])
+        else:
+            sp = faiss.SearchParameters()
+        if selector is not None:
+            sp.sel = selector
+        use = index
+        if main and selector is None and self._gpus and coll.gpu_index is not None:
+            use = coll.gpu_index
+            if "nprobe" in knobs:
+                faiss.GpuParameterSpace().set_index_parameter(use, "nprobe", knobs["nprobe"])
+            scores, ids = use.search(queries, k)
+        elif isinstance(index, faiss.IndexIDMap2) and isinstance(coll.spec, Hnsw) and main:
+            # IDMap's search forwards params, but HNSW parameters must reach the inner index.
+            scores, ids = index.search(queries, k, params=sp)
+        else:
+            scores, ids = use.search(queries, k, params=sp)
+        return ids, scores
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _get(self, name: str) -> _Collection:
+        coll = self._collections.get(name)
+        if coll is None:
+            coll = self._load(name)
+            self._collections[name] = coll
+        return coll
+
+    def _train_size(self, coll: _Collection) -> int:
+        nlist = getattr(coll.spec, "nlist", 1)
+        # PQ codebooks are k-means too: Faiss wants 39 points per centroid for them.
+        pq_points = 39 << coll.spec.nbits if isinstance(coll.spec, IvfPq) else 0
+        return max(coll.spec.min_train_points(), nlist * self.train_points_per_list, pq_points)
+
+    def _train(self, coll: _Collection) -> None:
+        pending = coll.pending
+        n = pending.ntotal
+        stored = faiss.vector_to_array(pending.id_map).astype(np.int64)
+        vectors = pending.index.reconstruct_n(0, n)
+        size = min(n, self._train_size(coll))
+        sample = vectors[np.random.default_rng(0).choice(n, size=size, replace=False)] if size < n else vectors
+        log.info("training %s index of collection %s on %d of %d vectors", coll.spec.kind, coll.name, size, n)
+        coll.index.train(sample)
+        coll.index.add_with_ids(vectors, stored)
+        coll.pending = None
+        self._changed(coll)
+
+    def _remove(self, coll: _Collection, mask: np.ndarray) -> None:
+        if not mask.any():
+            return
+        gone = coll.ids[mask]
+        selector = faiss.IDSelectorBatch(gone)
+        if coll.pending is not None:
+            coll.pending.remove_ids(selector)
+        if isinstance(coll.spec, Hnsw):
+            # HNSW cannot remove nodes: rebuild from the vectors that remain.
+            keep = ~np.isin(faiss.vector_to_array(coll.index.id_map).astype(np.int64), gone)
+            vectors = coll.index.index.reconstruct_n(0, coll.index.ntotal)[keep]
+            kept_ids = faiss.vector_to_array(coll.index.id_map).astype(np.int64)[keep]
+            coll.index = _new_index(coll.dim, coll.metric, coll.spec)
+            if len(kept_ids):
+                coll.index.add_with_ids(vectors, kept_ids)
+        elif coll.index.ntotal:
+            coll.index.remove_ids(selector)
+        coll.ids = coll.ids[~mask]
+        coll.owners = coll.owners[~mask]
+        self._changed(coll)
+
+    def _changed(self, coll: _Collection) -> None:
+        coll.dirty = True
+        coll.gpu_index = None
+        if self._gpus and coll.pending is None and not isinstance(coll.spec, Hnsw) and coll.index.ntotal:
+            try:
+                coll.gpu_index = faiss.index_cpu_to_all_gpus(coll.index)
+            except Exception as exc:  # a GPU clone is an optimisation: fall back to CPU
+                log.warning("could not move collection %s to the GPU (%s); searching on CPU", coll.name, exc)
+
+    def _persist(self, coll: _Collection) -> None:
+        """Write a new generation directory, then swap CURRENT to it atomically."""
+        cdir = self.root / coll.name
+        cdir.mkdir(parents=True, exist_ok=True)
+        current = _read_current(cdir)
+        number = int(current.split("-")[1]) + 1 if current else 1
+        gen = f"gen-{number:06d}"
+        gdir = cdir / gen
+        shutil.rmtree(gdir, ignore_errors=True)
+        gdir.mkdir()
+        index = coll.pending if coll.pending is not None else coll.index
+        faiss.write_index(index, str(gdir / "index.faiss"))
+        np.save(gdir / "ids.npy", coll.ids)
+        np.save(gdir / "owners.npy", coll.owners)
+        (gdir / "keys.json").write_text(json.dumps(coll.keys))
+        meta = {
+            "dim": coll.dim,
+            "metric": coll.metric,
+            "index": index_spec_to_dict(coll.spec),
+            "trained": coll.pending is None,
+            "count": coll.count,
+        }
+        (gdir / "meta.json").write_text(json.dumps(meta, indent=2))
+        _fsync_dir(gdir)
+        tmp = cdir / "CURRENT.tmp"
+        tmp.write_text(gen)
+        os.replace(tmp, cdir / "CURRENT")
+        _fsync_dir(cdir)
+        for old in cdir.glob("gen-*"):
+            if old.name != gen:
+                shutil.rmtree(old, ignore_errors=True)
+        coll.dirty = False
+
+    def _load(self, name: str) -> _Collection:
+        cdir = self.root / name
+        current = _read_current(cdir)
+        if not current:
+            raise CollectionNotFound(f"collection {name!r} does not exist in the Faiss store at {self.root}")
+        gdir = cdir / current
+        meta = json.loads((gdir / "meta.json").read_text())
+        spec = index_spec_from_dict(meta["index"])
+        stored = faiss.read_index(str(gdir / "index.faiss"))
+        if meta["trained"]:
+            index, pending = stored, None
+        else:
+            index, pending = _new_index(meta["dim"], meta["metric"], spec), stored
+        keys = json.loads((gdir / "keys.json").read_text())
+        coll = _Collection(
+            name,
+            meta["dim"],
+            meta["metric"],
+            spec,
+            index,
+            pending,
+            ids=np.load(gdir / "ids.npy"),
+            owners=np.load(gdir / "owners.npy"),
+            keys=keys,
+            key_codes={k: i for i, k in enumerate(keys)},
+        )
+        self._changed(coll)
+        coll.dirty = False
+        return coll
+
+
+def _read_current(cdir: Path) -> str:
+    try:
+        return (cdir / "CURRENT").read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _fsync_dir(path: Path) -> None:
+    for file in [*path.iterdir(), path] if path.is_dir() else [path]:
+        if file.is_dir() and file != path:
+            continue
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _empty_result(nq: int, k: int) -> SearchResult:
+    return SearchResult(np.full((nq, k), -1, np.int64), np.full((nq, k), -np.inf, np.float32))
+
+
+def _merge(parts: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> SearchResult:
+    """Combine per-index top-k lists into one, best first; L2 distances become negated scores."""
+    ids = np.concatenate([p[0] for p in parts], axis=1)
+    scores = np.concatenate([p[1] for p in parts], axis=1).astype(np.float32)
+    if metric == "L2":
+        scores = -scores
+    scores = np.where(ids < 0, -np.inf, scores)
+    if len(parts) > 1:
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        ids = np.take_along_axis(ids, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1)
+    return SearchResult(ids[:, :k].copy(), scores[:, :k].copy())

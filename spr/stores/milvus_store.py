@@ -1,0 +1,230 @@
+"""The Milvus vector store, through pymilvus ``MilvusClient``, against a real Milvus server.
+
+Each collection has three fields: ``id`` (INT64 primary key, the segment id), ``video_key``
+(VARCHAR, for deleting or filtering by video) and ``vector`` (FLOAT_VECTOR). The index spec
+is kept as JSON in the collection description, so a reopened store knows its defaults.
+
+Milvus builds indexes per sealed segment, in the background: right after a flush, small
+or growing segments are searched exactly. :meth:`MilvusStore.wait_until_indexed` waits
+for the index to cover everything, which benchmarks and parity tests need.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+from pymilvus import DataType, MilvusClient, MilvusException
+
+from .base import (
+    CollectionExists,
+    CollectionInfo,
+    CollectionNotFound,
+    SearchResult,
+    check_queries,
+    check_vectors,
+)
+from .faiss_store import check_collection_name
+from .index_spec import IndexSpec, IvfPq, SearchParams, check_metric, index_spec_from_dict, index_spec_to_dict
+
+log = logging.getLogger(__name__)
+
+MAX_VIDEO_KEY = 512
+# Rows per insert request: keeps each gRPC message well under Milvus's 64 MB limit at 768-d.
+_WRITE_BATCH = 5_000
+_DELETE_BATCH = 1_000
+
+
+class MilvusStore:
+    """Vector store on a Milvus server (standalone or cluster)."""
+
+    backend = "milvus"
+
+    def __init__(
+        self,
+        uri: str,
+        token: str = "",
+        db_name: str = "",
+        consistency_level: str = "Bounded",
+        timeout_s: float = 30.0,
+    ):
+        self.uri = uri
+        self.consistency_level = consistency_level
+        self.timeout_s = timeout_s
+        try:
+            self._client = MilvusClient(uri=uri, token=token, db_name=db_name, timeout=timeout_s)
+        except MilvusException as exc:
+            raise ConnectionError(
+                f"cannot reach Milvus at {uri}: {exc.message}. Start one with `spr milvus start` "
+                "or set SPR_MILVUS__URI to a running server"
+            ) from exc
+        self._info: dict[str, CollectionInfo] = {}
+
+    # -- collections -------------------------------------------------------------------
+
+    def create_collection(self, name: str, dim: int, index: IndexSpec, metric: str = "IP") -> CollectionInfo:
+        check_collection_name(name)
+        metric = check_metric(metric)
+        if isinstance(index, IvfPq) and dim % index.m:
+            raise ValueError(f"IVF_PQ needs m to divide the dimension: m={index.m}, dim={dim}")
+        if self.has_collection(name):
+            existing = self.describe(name)
+            if (existing.dim, existing.metric, existing.index) != (dim, metric, index):
+                raise CollectionExists(
+                    f"collection {name!r} exists with dim={existing.dim}, metric={existing.metric}, "
+                    f"index={index_spec_to_dict(existing.index)}; drop it or choose another name"
+                )
+            return existing
+        schema = MilvusClient.create_schema(
+            auto_id=False,
+            enable_dynamic_field=False,
+            description=json.dumps({"spr_index": index_spec_to_dict(index), "metric": metric}),
+        )
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("video_key", DataType.VARCHAR, max_length=MAX_VIDEO_KEY)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        params = self._client.prepare_index_params()
+        milvus_index = index.milvus_index_params()
+        params.add_index(
+            field_name="vector", index_type=milvus_index["index_type"], metric_type=metric, params=milvus_index["params"]
+        )
+        params.add_index(field_name="video_key", index_type="Trie")
+        self._client.create_collection(
+            name, schema=schema, index_params=params, consistency_level=self.consistency_level
+        )
+        self._client.load_collection(name)
+        info = CollectionInfo(name, dim, metric, index, 0)
+        self._info[name] = info
+        return info
+
+    def has_collection(self, name: str) -> bool:
+        return bool(self._client.has_collection(name))
+
+    def list_collections(self) -> list[str]:
+        return sorted(self._client.list_collections())
+
+    def describe(self, name: str) -> CollectionInfo:
+        info = self._shape(name)
+        return CollectionInfo(info.name, info.dim, info.metric, info.index, self.count(name))
+
+    def count(self, name: str) -> int:
+        self._shape(name)
+        rows = self._client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(rows[0]["count(*)"])
+
+    def drop_collection(self, name: str) -> None:
+        self._info.pop(name, None)
+        if self.has_collection(name):
+            self._client.drop_collection(name)
+
+    # -- writes ------------------------------------------------------------------------
+
+    def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, video_keys: Sequence[str]) -> int:
+        info = self._shape(name)
+        ids, vectors = check_vectors(ids, vectors, video_keys, info.dim)
+        too_long = [k for k in video_keys if len(k.encode()) > MAX_VIDEO_KEY]
+        if too_long:
+            raise ValueError(f"video key longer than {MAX_VIDEO_KEY} bytes: {too_long[0][:80]!r}...")
+        for lo in range(0, len(ids), _WRITE_BATCH):
+            hi = lo + _WRITE_BATCH
+            rows = [
+                {"id": i, "video_key": k, "vector": v}
+                for i, k, v in zip(ids[lo:hi].tolist(), video_keys[lo:hi], vectors[lo:hi])
+            ]
+            self._client.upsert(name, rows)
+        return len(ids)
+
+    def delete_videos(self, name: str, video_keys: Sequence[str]) -> None:
+        self._shape(name)
+        keys = list(dict.fromkeys(video_keys))
+        for lo in range(0, len(keys), _DELETE_BATCH):
+            self._client.delete(name, filter=_key_filter(keys[lo : lo + _DELETE_BATCH]))
+
+    def delete_ids(self, name: str, ids: np.ndarray) -> None:
+        self._shape(name)
+        ids = np.asarray(ids, dtype=np.int64).tolist()
+        for lo in range(0, len(ids), _DELETE_BATCH):
+            self._client.delete(name, ids=ids[lo : lo + _DELETE_BATCH])
+
+    def flush(self, name: str) -> None:
+        self._shape(name)
+        self._client.flush(name)
+
+    def wait_until_indexed(self, name: str, timeout_s: float = 300.0) -> None:
+        """Flush, then wait until the vector index covers every row (sealed and indexed)."""
+        self.flush(name)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            desc = self._client.describe_index(name, "vector")
+            if desc.get("pending_index_rows", 0) == 0 and desc.get("indexed_rows", 0) >= desc.get("total_rows", 0):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Milvus index of {name!r} not built after {timeout_s:.0f} s: {desc}")
+            time.sleep(0.5)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- search ------------------------------------------------------------------------
+
+    def search(
+        self,
+        name: str,
+        queries: np.ndarray,
+        k: int,
+        params: SearchParams | None = None,
+        video_keys: Sequence[str] | None = None,
+    ) -> SearchResult:
+        info = self._shape(name)
+        queries = check_queries(queries, info.dim, k)
+        ids = np.full((len(queries), k), -1, np.int64)
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        if video_keys is not None and len(video_keys) == 0:
+            return SearchResult(ids, scores)
+        hits = self._client.search(
+            name,
+            data=queries.tolist(),
+            limit=k,
+            anns_field="vector",
+            filter=_key_filter(list(video_keys)) if video_keys is not None else "",
+            search_params={"metric_type": info.metric, "params": info.index.search_params(params)},
+            output_fields=[],
+            consistency_level=self.consistency_level,
+            round_decimal=-1,  # full precision: the server's default rounds distances
+        )
+        sign = -1.0 if info.metric == "L2" else 1.0
+        for q, row in enumerate(hits):
+            n = len(row)
+            ids[q, :n] = [h["id"] for h in row]
+            scores[q, :n] = [sign * h["distance"] for h in row]
+        return SearchResult(ids, scores)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _shape(self, name: str) -> CollectionInfo:
+        """Dim, metric and index of ``name`` (cached; count not included)."""
+        info = self._info.get(name)
+        if info is not None:
+            return info
+        if not self.has_collection(name):
+            raise CollectionNotFound(f"collection {name!r} does not exist on the Milvus server at {self.uri}")
+        desc = self._client.describe_collection(name)
+        dim = next(int(f["params"]["dim"]) for f in desc["fields"] if f["name"] == "vector")
+        try:
+            meta = json.loads(desc.get("description") or "{}")
+            index = index_spec_from_dict(meta["spr_index"])
+            metric = meta["metric"]
+        except (ValueError, KeyError) as exc:
+            raise CollectionNotFound(
+                f"collection {name!r} on {self.uri} was not created by SPR (no index spec in its description)"
+            ) from exc
+        info = self._info[name] = CollectionInfo(name, dim, metric, index, 0)
+        return info
+
+
+def _key_filter(keys: list[str]) -> str:
+    # json.dumps gives double-quoted, backslash-escaped literals, which Milvus expressions accept.
+    return f"video_key in {json.dumps(keys)}"
