@@ -23,6 +23,7 @@ __all__ = [
     "GapRule",
     "Proposal",
     "RetrievedSegment",
+    "gap_rule_from_config",
     "Span",
     "pad_proposals",
     "propose_moments",
@@ -334,3 +335,15 @@ def _to_proposal(members: Sequence[RetrievedSegment], span: Span) -> Proposal:
         segment_ranks=tuple(s.rank for s in members),
         segment_scores=tuple(s.score for s in members),
     )
+
+
+def gap_rule_from_config(gap_rule: str, max_missing_segments: int = 1, adaptive_alpha: float = 0.5) -> GapRule:
+    """The rule named in ``[proposals]``: ``adjacent`` (SPR), ``constant`` or ``adaptive``."""
+    name = gap_rule.strip().lower()
+    if name == "adjacent":
+        return AdjacentOnly()
+    if name == "constant":
+        return ConstantGap(max_missing_segments)
+    if name == "adaptive":
+        return AdaptiveGap(adaptive_alpha)
+    raise ValueError(f"unknown gap rule {gap_rule!r}; choose 'adjacent', 'constant' or 'adaptive'")

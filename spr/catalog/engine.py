@@ -20,11 +20,13 @@ def masked_url(url: str | URL) -> str:
         return "<unparseable catalog URL>"
 
 
-def create_catalog_engine(url: str | URL, echo: bool = False) -> Engine:
+def create_catalog_engine(url: str | URL, echo: bool = False, isolation_level: str | None = None) -> Engine:
     """An engine for ``url``. SQLite gets its parent directory created, foreign keys on,
     WAL journaling and real (transactional) BEGINs; PostgreSQL a bounded connect timeout."""
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo}
+    if isolation_level is not None:
+        kwargs["isolation_level"] = isolation_level
     if parsed.get_backend_name() == "sqlite":
         _make_sqlite_parent(parsed)
     elif parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg2":

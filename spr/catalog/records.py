@@ -75,8 +75,9 @@ def video_record(row: Mapping[str, Any]) -> VideoRecord:
         id=row["id"],
         key=row["key"],
         uri=row["uri"],
-        duration_s=row["duration_s"],
-        fps=row["fps"],
+        # SQLite's RETURNING hands back 100.0 stored in a REAL column as the int 100.
+        duration_s=float(row["duration_s"]),
+        fps=None if row["fps"] is None else float(row["fps"]),
         content_hash=row["content_hash"],
         status=row["status"],
         error=row["error"],

@@ -5,6 +5,9 @@ under a data directory and run ``milvus run standalone`` as a detached process w
 ports are kept in ``<dir>/server.json``, so ``spr milvus start``, ``status`` and ``stop`` work
 across shell invocations. Start-up takes ~10 s and ~250 MB of memory.
 
+Only one such server runs per host: Milvus 2.3 locks ``/run/milvus/standalone.pid``
+whatever its data directory. Tests reuse a running one through ``SPR_TEST_MILVUS_URI``.
+
 Networking: the server binds its gRPC port (19530 by default) and its internal ports on
 ALL interfaces, not only loopback; the package offers no setting to change that. On a shared
 or exposed host, firewall those ports or run Milvus in a container instead.
@@ -91,6 +94,13 @@ class EmbeddedMilvus:
                 "the `milvus` package is not installed; install the dev extra (pip install -e '.[dev]') "
                 "or point SPR_MILVUS__URI at a Milvus server"
             ) from exc
+        other = _other_standalone_pid()
+        if other is not None:
+            raise MilvusServerError(
+                f"another Milvus standalone (pid {other}) already runs on this host, and only one can: "
+                f"each locks {_RUN_PID_FILE}. Stop it (`spr milvus stop`, or kill {other}) or use it "
+                "through SPR_MILVUS__URI (tests: SPR_TEST_MILVUS_URI)"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         overrides = {"data_dir": str(self.data_dir)}
         if self.port:
@@ -137,7 +147,7 @@ class EmbeddedMilvus:
             raise
         return state
 
-    def stop(self, timeout_s: float = 30.0) -> bool:
+    def stop(self, timeout_s: float = 15.0) -> bool:
         """Stop the server; True if one was running."""
         state = self.status()
         if state is None:
@@ -177,6 +187,22 @@ class EmbeddedMilvus:
             return None
 
 
+# Milvus 2.3 hard-codes its run directory (falling back to /tmp/milvus when /run is not
+# writable) and locks a pid file there, so one host runs at most one standalone server.
+_RUN_PID_FILE = Path("/run/milvus/standalone.pid")
+
+
+def _other_standalone_pid() -> int | None:
+    for pid_file in (_RUN_PID_FILE, Path("/tmp/milvus/standalone.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (FileNotFoundError, ValueError, PermissionError):
+            continue
+        if _pid_alive(pid):
+            return pid
+    return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -194,6 +220,9 @@ def _pid_alive(pid: int) -> bool:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the server will (Go listeners set SO_REUSEADDR): connections of a server that
+        # just stopped linger in TIME_WAIT and must not count as the port being taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("0.0.0.0", port))
         except OSError:

@@ -154,16 +154,25 @@ class MilvusStore:
         self._client.flush(name)
 
     def wait_until_indexed(self, name: str, timeout_s: float = 300.0) -> None:
-        """Flush, then wait until the vector index covers every row (sealed and indexed)."""
+        """Flush, wait until the vector index covers every row, then reload the collection so
+        that searches use it. For bulk loads (benchmarks, re-indexing) before serving: the
+        collection is unloaded for the few seconds of the reload.
+
+        The reload is what makes this deterministic: once an index is built, a loaded
+        collection keeps answering from its interim (brute-force or temporary IVF) copy of
+        the data until the query node swaps the index in, at some later point (seen on Milvus
+        2.3.5: still on the interim copy 10+ s after the build finished)."""
         self.flush(name)
         deadline = time.monotonic() + timeout_s
         while True:
             desc = self._client.describe_index(name, "vector")
             if desc.get("pending_index_rows", 0) == 0 and desc.get("indexed_rows", 0) >= desc.get("total_rows", 0):
-                return
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Milvus index of {name!r} not built after {timeout_s:.0f} s: {desc}")
             time.sleep(0.5)
+        self._client.release_collection(name)
+        self._client.load_collection(name, timeout=max(1.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         self._client.close()

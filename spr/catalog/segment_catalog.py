@@ -1,0 +1,444 @@
+"""The segment catalog: videos, their segments, vector collections and ingest runs.
+
+The catalog is the source of truth for visibility (see ``DESIGN.md``, "Two stores, one
+truth"): a video's segments are searchable only while its row is ``ready``, and
+:meth:`SegmentCatalog.lookup_segments` — the one catalog round trip of every search —
+filters on that.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+from sqlalchemy import ARRAY, BigInteger, Select, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from .. import ids as spr_ids
+from .bulk import BulkMethod, bulk_insert_method, insert_segment_rows
+from .engine import check_connection, create_catalog_engine, masked_url
+from .errors import CatalogError, RunNotFound, VideoNotFound
+from .migrate import upgrade
+from .models import RunStatus, VideoStatus, collections, ingest_runs, segments, videos
+from .records import (
+    CollectionRecord,
+    IngestRunRecord,
+    SegmentLocation,
+    VideoRecord,
+    collection_record,
+    ingest_run_record,
+    video_record,
+)
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+SUPPORTED_DIALECTS = ("postgresql", "sqlite")
+RUN_COUNTERS = ("videos_total", "videos_done", "videos_failed", "segments_written")
+# SQLite caps bound parameters per statement (32766); larger id lists go in chunks.
+_SQLITE_IN_CHUNK = 10_000
+_VIDEO_KEY_MAX = 512
+
+
+class SegmentCatalog:
+    """A connection pool onto one catalog database. Thread-safe; every method is its own
+    transaction. Open with :meth:`open`, close with :meth:`close` or a ``with`` block."""
+
+    def __init__(self, engine: Engine, insert_batch_rows: int = 10_000) -> None:
+        if engine.dialect.name not in SUPPORTED_DIALECTS:
+            raise CatalogError(
+                f"the catalog supports {' and '.join(SUPPORTED_DIALECTS)}, not {engine.dialect.name} "
+                f"({masked_url(engine.url)})"
+            )
+        self._engine = engine
+        self._insert_batch_rows = insert_batch_rows
+        self.bulk_method: BulkMethod = bulk_insert_method(engine.dialect)
+        # A lone SELECT needs no transaction. On PostgreSQL lookups get their own autocommit
+        # pool: psycopg2 then sends no BEGIN before the query and the pool no ROLLBACK after
+        # it, so a lookup is one network round trip. (Switching isolation per checkout on the
+        # main pool would cost a SET on every return.)
+        self._reader = engine
+        if engine.dialect.name == "postgresql":
+            self._reader = create_catalog_engine(engine.url, echo=engine.echo, isolation_level="AUTOCOMMIT")
+        self._lookup = _lookup_statement(engine.dialect.name)
+
+    @classmethod
+    def open(
+        cls, url: str, migrate: bool = True, insert_batch_rows: int = 10_000, echo: bool = False
+    ) -> "SegmentCatalog":
+        """Connect to ``url`` (SQLAlchemy URL; SQLite's directory is created) and, with
+        ``migrate``, bring the schema to the newest revision. Raises
+        :class:`~spr.catalog.errors.CatalogUnavailable` when the database cannot be reached."""
+        engine = create_catalog_engine(url, echo=echo)
+        try:
+            check_connection(engine)
+            if migrate:
+                with engine.begin() as conn:
+                    upgrade(conn)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine, insert_batch_rows=insert_batch_rows)
+
+    @classmethod
+    def from_config(cls, config: "Config", migrate: bool = True) -> "SegmentCatalog":
+        """:meth:`open` with the catalog settings of a loaded :class:`spr.config.Config`."""
+        return cls.open(
+            config.catalog_url,
+            migrate=migrate,
+            insert_batch_rows=config.catalog.insert_batch_rows,
+            echo=config.catalog.echo_sql,
+        )
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"postgresql"``, ``"sqlite"``, ..."""
+        return self._engine.dialect.name
+
+    def close(self) -> None:
+        if self._reader is not self._engine:
+            self._reader.dispose()
+        self._engine.dispose()
+
+    def __enter__(self) -> "SegmentCatalog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- videos ------------------------------------------------------------------------------
+
+    def register_video(
+        self,
+        key: str,
+        uri: str,
+        duration_s: float,
+        fps: float | None = None,
+        content_hash: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> VideoRecord:
+        """Insert video ``key`` as ``pending``; an existing key keeps its id and gets every
+        field replaced, status back to ``pending`` and error cleared (a re-ingest)."""
+        if not key or len(key) > _VIDEO_KEY_MAX:
+            raise ValueError(f"video key must be 1..{_VIDEO_KEY_MAX} characters, got {len(key)}")
+        values = {
+            "key": key,
+            "uri": uri,
+            "duration_s": float(duration_s),
+            "fps": None if fps is None else float(fps),
+            "content_hash": content_hash,
+            "status": VideoStatus.PENDING.value,
+            "error": None,
+            "metadata": dict(metadata or {}),
+        }
+        changed = {k: v for k, v in values.items() if k != "key"}
+        # One atomic statement (both dialects speak ON CONFLICT): two ingests of one key
+        # cannot both insert, and the id survives a re-ingest.
+        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(videos)
+        stmt = ins.values(**values).on_conflict_do_update(
+            index_elements=[videos.c.key], set_={**changed, "updated_at": func.now()}
+        )
+        with self._engine.begin() as conn:
+            row = conn.execute(stmt.returning(*videos.c)).mappings().one()
+        return video_record(row)
+
+    def get_video(self, key: str) -> VideoRecord | None:
+        return self._one_video(videos.c.key == key)
+
+    def get_video_by_id(self, video_id: int) -> VideoRecord | None:
+        return self._one_video(videos.c.id == int(video_id))
+
+    def find_by_content_hash(self, content_hash: str) -> list[VideoRecord]:
+        """Every video whose file hashed to ``content_hash`` (duplicates under other keys)."""
+        return self._videos(select(videos).where(videos.c.content_hash == content_hash).order_by(videos.c.id))
+
+    def list_videos(self, status: str | None = None, limit: int | None = None) -> list[VideoRecord]:
+        """Videos in id (registration) order, optionally of one status and at most ``limit``."""
+        stmt = select(videos).order_by(videos.c.id)
+        if status is not None:
+            stmt = stmt.where(videos.c.status == VideoStatus(status).value)
+        if limit is not None:
+            stmt = stmt.limit(int(limit))
+        return self._videos(stmt)
+
+    def mark_ready(self, video_id: int) -> None:
+        """Make the video visible to search: call only after its vectors and features are written."""
+        self._set_status(video_id, VideoStatus.READY, None)
+
+    def mark_failed(self, video_id: int, error: str) -> None:
+        self._set_status(video_id, VideoStatus.FAILED, error)
+
+    def mark_deleted(self, video_id: int) -> None:
+        """Hide the video from search; remove its vectors and features, then :meth:`purge_video`."""
+        self._set_status(video_id, VideoStatus.DELETED, None)
+
+    def purge_video(self, video_id: int) -> bool:
+        """Delete the video row and its segments; False if there was no such video."""
+        with self._engine.begin() as conn:
+            # ON DELETE CASCADE does this too; saying it keeps purge correct on a SQLite
+            # file opened elsewhere without PRAGMA foreign_keys.
+            conn.execute(delete(segments).where(segments.c.video_id == int(video_id)))
+            return conn.execute(delete(videos).where(videos.c.id == int(video_id))).rowcount > 0
+
+    def count_by_status(self) -> dict[str, int]:
+        """``{status: number of videos}`` with every status present, zeros included."""
+        counts = {s.value: 0 for s in VideoStatus}
+        stmt = select(videos.c.status, func.count()).group_by(videos.c.status)
+        with self._engine.connect() as conn:
+            counts.update({status: n for status, n in conn.execute(stmt)})
+        return counts
+
+    def _set_status(self, video_id: int, status: VideoStatus, error: str | None) -> None:
+        stmt = update(videos).where(videos.c.id == int(video_id)).values(status=status.value, error=error)
+        with self._engine.begin() as conn:
+            if conn.execute(stmt).rowcount == 0:
+                raise VideoNotFound(f"no video with id {video_id}")
+
+    def _one_video(self, where: Any) -> VideoRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(videos).where(where)).mappings().one_or_none()
+        return None if row is None else video_record(row)
+
+    def _videos(self, stmt: Select[Any]) -> list[VideoRecord]:
+        with self._engine.connect() as conn:
+            return [video_record(row) for row in conn.execute(stmt).mappings()]
+
+    # --- segments ----------------------------------------------------------------------------
+
+    def replace_segments(
+        self, video_id: int, ordinals: np.ndarray, start_s: np.ndarray, end_s: np.ndarray
+    ) -> np.ndarray:
+        """Make the given rows the video's only segments, in one transaction (on error the
+        old segments stay). Inputs are 1-D of one length (ordinals; times in seconds);
+        returns the segment ids, shape ``(n,)`` int64, in input order."""
+        return self._write_segments(video_id, ordinals, start_s, end_s, replace=True)
+
+    def add_segments(
+        self, video_id: int, ordinals: np.ndarray, start_s: np.ndarray, end_s: np.ndarray
+    ) -> np.ndarray:
+        """Like :meth:`replace_segments` without deleting existing rows (an ordinal already
+        present raises :class:`sqlalchemy.exc.IntegrityError`)."""
+        return self._write_segments(video_id, ordinals, start_s, end_s, replace=False)
+
+    def segment_count(self, video_id: int | None = None) -> int:
+        """Segments of one video, or of all videos whatever their status."""
+        stmt = select(func.count()).select_from(segments)
+        if video_id is not None:
+            stmt = stmt.where(segments.c.video_id == int(video_id))
+        with self._engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def _write_segments(
+        self, video_id: int, ordinals: Any, start_s: Any, end_s: Any, replace: bool
+    ) -> np.ndarray:
+        video_id = int(video_id)
+        ords, starts, ends = _segment_arrays(ordinals, start_s, end_s)
+        first_id = spr_ids.segment_id(video_id, 0)  # validates the video id
+        if len(ords):
+            spr_ids.segment_id(video_id, int(ords.min()))  # ... and both ordinal extremes
+            spr_ids.segment_id(video_id, int(ords.max()))
+        # The ordinal fills the low bits: the same ids spr.ids.segment_ids(video_id, n) gives.
+        ids = np.int64(first_id) | ords
+        with self._engine.begin() as conn:
+            if replace:
+                conn.execute(delete(segments).where(segments.c.video_id == video_id))
+            insert_segment_rows(conn, video_id, ids, ords, starts, ends, self._insert_batch_rows)
+        return ids
+
+    # --- lookup (search hot path) ------------------------------------------------------------
+
+    def lookup_segments(
+        self, ids: Sequence[int] | np.ndarray, ready_only: bool = True
+    ) -> dict[int, SegmentLocation]:
+        """``{segment_id: SegmentLocation}`` for the given ids in one round trip. Unknown ids
+        (and the -1 padding of search results) are absent; with ``ready_only``, so are
+        segments of videos not ``ready``."""
+        wanted = np.unique(np.asarray(ids, dtype=np.int64))
+        wanted = wanted[wanted >= 0].tolist()
+        if not wanted:
+            return {}
+        chunk = len(wanted) if self.dialect == "postgresql" else _SQLITE_IN_CHUNK
+        ready = VideoStatus.READY.value
+        found: dict[int, SegmentLocation] = {}
+        with self._reader.connect() as conn:
+            for lo in range(0, len(wanted), chunk):
+                for *location, status in conn.execute(self._lookup, {"ids": wanted[lo : lo + chunk]}):
+                    if status == ready or not ready_only:
+                        found[location[0]] = SegmentLocation(*location)
+        return found
+
+    # --- collections -------------------------------------------------------------------------
+
+    def register_collection(
+        self,
+        name: str,
+        backend: str,
+        dim: int,
+        metric: str,
+        index_spec: Mapping[str, Any],
+        feature_model: str | None = None,
+    ) -> CollectionRecord:
+        """Record vector collection ``name``. Registering it again with the same backend,
+        dim and metric returns it (index_spec, and feature_model when given, are updated:
+        an index rebuild is not a conflict); a different backend/dim/metric raises ValueError."""
+        spec = dict(index_spec)
+        for _attempt in range(2):
+            existing = self.get_collection(name)
+            if existing is not None:
+                return self._reconcile_collection(existing, backend, int(dim), metric, spec, feature_model)
+            values = dict(
+                name=name, backend=backend, dim=int(dim), metric=metric, index_spec=spec, feature_model=feature_model
+            )
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(insert(collections).values(**values))
+            except IntegrityError:
+                continue  # another process registered it between our read and insert
+            break
+        record = self.get_collection(name)
+        assert record is not None
+        return record
+
+    def _reconcile_collection(
+        self,
+        existing: CollectionRecord,
+        backend: str,
+        dim: int,
+        metric: str,
+        spec: dict[str, Any],
+        feature_model: str | None,
+    ) -> CollectionRecord:
+        theirs = (existing.backend, existing.dim, existing.metric)
+        if theirs != (backend, dim, metric):
+            raise ValueError(
+                f"collection {existing.name!r} is registered as backend={existing.backend} dim={existing.dim} "
+                f"metric={existing.metric}, not backend={backend} dim={dim} metric={metric}; "
+                f"use another collection name or drop the old one"
+            )
+        model = existing.feature_model if feature_model is None else feature_model
+        if existing.index_spec == spec and existing.feature_model == model:
+            return existing
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(collections)
+                .where(collections.c.id == existing.id)
+                .values(index_spec=spec, feature_model=model)
+            )
+        updated = self.get_collection(existing.name)
+        assert updated is not None
+        return updated
+
+    def get_collection(self, name: str) -> CollectionRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(collections).where(collections.c.name == name)).mappings().one_or_none()
+        return None if row is None else collection_record(row)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(collections).order_by(collections.c.name)).mappings()
+            return [collection_record(row) for row in rows]
+
+    def drop_collection(self, name: str) -> bool:
+        """Forget collection ``name`` (the vector store's copy is the caller's to drop)."""
+        with self._engine.begin() as conn:
+            return conn.execute(delete(collections).where(collections.c.name == name)).rowcount > 0
+
+    # --- ingest runs -------------------------------------------------------------------------
+
+    def start_run(self, config: Mapping[str, Any], videos_total: int = 0) -> int:
+        """Record a new ``running`` ingest run; returns its id."""
+        stmt = insert(ingest_runs).values(
+            status=RunStatus.RUNNING.value, config=dict(config), videos_total=int(videos_total)
+        )
+        with self._engine.begin() as conn:
+            return int(conn.execute(stmt).inserted_primary_key[0])
+
+    def update_run(self, run_id: int, **counters: int) -> None:
+        """Set counters (``videos_total``, ``videos_done``, ``videos_failed``,
+        ``segments_written``) to the given absolute values."""
+        self._change_run(run_id, {name: int(v) for name, v in _counters(counters).items()})
+
+    def increment_run(self, run_id: int, **deltas: int) -> None:
+        """Add to counters atomically in the database, so parallel workers can report."""
+        self._change_run(
+            run_id, {name: ingest_runs.c[name] + int(d) for name, d in _counters(deltas).items()}
+        )
+
+    def finish_run(self, run_id: int, status: str = RunStatus.FINISHED.value, error: str | None = None) -> None:
+        """Close the run as ``finished`` or ``failed`` (with ``error``), stamping finished_at."""
+        final = RunStatus(status)
+        if final is RunStatus.RUNNING:
+            raise ValueError("finish_run needs a final status: 'finished' or 'failed'")
+        self._change_run(run_id, {"status": final.value, "error": error, "finished_at": func.now()})
+
+    def get_run(self, run_id: int) -> IngestRunRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(ingest_runs).where(ingest_runs.c.id == int(run_id))).mappings().one_or_none()
+        return None if row is None else ingest_run_record(row)
+
+    def _change_run(self, run_id: int, values: dict[str, Any]) -> None:
+        if not values:
+            return
+        stmt = update(ingest_runs).where(ingest_runs.c.id == int(run_id)).values(**values)
+        with self._engine.begin() as conn:
+            if conn.execute(stmt).rowcount == 0:
+                raise RunNotFound(f"no ingest run with id {run_id}")
+
+
+def _lookup_statement(dialect: str) -> Select[Any]:
+    """The lookup SELECT, built once per catalog so SQLAlchemy's compiled cache always hits.
+    Columns are in :class:`SegmentLocation` field order, then the video's status.
+
+    The status is returned rather than filtered on: with ``status = 'ready'`` in the WHERE
+    clause SQLite always (and PostgreSQL before ANALYZE) drives the join from the ready
+    videos through ix_videos_status and walks all their segments, 20-50 ms per search;
+    with the ids as the only filter every plan starts from the segments' primary key."""
+    if dialect == "postgresql":
+        # One array parameter: constant SQL text whatever the number of ids.
+        id_filter = segments.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
+    else:
+        id_filter = segments.c.id.in_(bindparam("ids", expanding=True))
+    stmt = (
+        select(
+            segments.c.id,
+            segments.c.video_id,
+            videos.c.key,
+            videos.c.uri,
+            segments.c.ordinal,
+            segments.c.start_s,
+            segments.c.end_s,
+            videos.c.duration_s,
+            videos.c.status,
+        )
+        .select_from(segments.join(videos, segments.c.video_id == videos.c.id))
+        .where(id_filter)
+    )
+    return stmt
+
+
+def _segment_arrays(ordinals: Any, start_s: Any, end_s: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ords = np.asarray(ordinals)
+    starts = np.asarray(start_s, dtype=np.float64)
+    ends = np.asarray(end_s, dtype=np.float64)
+    if ords.ndim != 1 or starts.ndim != 1 or ends.ndim != 1:
+        raise ValueError(f"segment arrays must be 1-D, got shapes {ords.shape}, {starts.shape}, {ends.shape}")
+    if not len(ords) == len(starts) == len(ends):
+        raise ValueError(f"segment arrays differ in length: {len(ords)}, {len(starts)}, {len(ends)}")
+    if len(ords) and not np.issubdtype(ords.dtype, np.integer):
+        raise ValueError(f"ordinals must be integers, got dtype {ords.dtype}")
+    if np.any(ends < starts):
+        raise ValueError("every segment needs end_s >= start_s")
+    return ords.astype(np.int64, copy=False), starts, ends
+
+
+def _counters(values: Mapping[str, int]) -> Mapping[str, int]:
+    unknown = sorted(set(values) - set(RUN_COUNTERS))
+    if unknown:
+        raise ValueError(f"unknown ingest-run counter(s) {unknown}; known: {list(RUN_COUNTERS)}")
+    return values

@@ -1,0 +1,70 @@
+"""The coarse query path: query embedding -> top-k segments -> catalog -> proposals.
+
+SPR sections 3.1.2 and 3.2: an ANN search returns the top-k (200) segments, one catalog
+round trip turns their ids into (video, start, end), adjacent segments of a video merge into
+proposals ranked by their best segment, and each proposal is padded by tau_C for the refiner.
+Segments of videos that are not ``ready`` are dropped by the catalog lookup.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .catalog import SegmentCatalog
+from .proposals import AdjacentOnly, GapRule, Proposal, RetrievedSegment, pad_proposals, propose_moments
+from .stores import SearchParams, VectorStore
+
+
+@dataclass(frozen=True)
+class CoarseResult:
+    """``proposals`` best first, unpadded; ``padded`` the same widened by tau_C; per-stage
+    ``timings_ms`` (``ann``, ``catalog``, ``proposals``); ``segments`` the visible hits."""
+
+    proposals: list[Proposal]
+    padded: list[Proposal]
+    segments: list[RetrievedSegment]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def retrieve_proposals(
+    store: VectorStore,
+    catalog: SegmentCatalog,
+    collection: str,
+    query: np.ndarray,
+    top_k: int = 200,
+    params: SearchParams | None = None,
+    gap_rule: GapRule = AdjacentOnly(),
+    pad_s: float = 8.0,
+    video_keys: Sequence[str] | None = None,
+    max_proposals: int | None = None,
+) -> CoarseResult:
+    """Coarse proposals for one L2-normalised query embedding of shape ``(dim,)``."""
+    t0 = time.perf_counter()
+    found = store.search(collection, np.asarray(query, dtype=np.float32).reshape(1, -1), top_k, params, video_keys)
+    hits = found.hits(0)
+    t1 = time.perf_counter()
+    locations = catalog.lookup_segments([sid for sid, _ in hits])
+    t2 = time.perf_counter()
+    segments = [
+        RetrievedSegment(
+            segment_id=sid,
+            video_key=loc.video_key,
+            ordinal=loc.ordinal,
+            start_s=loc.start_s,
+            end_s=loc.end_s,
+            video_duration_s=loc.video_duration_s,
+            score=score,
+            rank=rank,
+        )
+        for rank, (sid, score) in enumerate(hits)
+        if (loc := locations.get(sid)) is not None
+    ]
+    proposals = propose_moments(segments, gap_rule, max_proposals=max_proposals)
+    padded = pad_proposals(proposals, pad_s)
+    t3 = time.perf_counter()
+    timings = {"ann": (t1 - t0) * 1e3, "catalog": (t2 - t1) * 1e3, "proposals": (t3 - t2) * 1e3}
+    return CoarseResult(proposals, padded, segments, timings)
