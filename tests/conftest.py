@@ -1,10 +1,14 @@
-"""Shared fixtures: databases for the catalog (SQLite always, PostgreSQL when reachable)."""
+"""Shared fixtures: catalog databases (SQLite always, PostgreSQL when reachable; in CI it must
+be), the session's real Milvus server, and a runner for the ``spr`` command line."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -77,24 +81,43 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+def run_spr(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the ``spr`` command line in a child process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "spr.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
 @pytest.fixture(scope="session")
-def milvus_uri(tmp_path_factory) -> Iterator[str]:
-    """A real Milvus standalone server (the `milvus` package), started once per session.
+def milvus_server_dir(tmp_path_factory) -> Iterator[Path | None]:
+    """The data directory of the Milvus standalone server the session started with
+    ``spr milvus start`` (None when ``$SPR_TEST_MILVUS_URI`` names a running server instead).
 
-    ``$SPR_TEST_MILVUS_URI`` points the tests at an already running server instead. The
-    server is a hard dependency of the suite: failing to start it fails, never skips."""
-    external = os.environ.get("SPR_TEST_MILVUS_URI")
-    if external:
-        yield external
+    The server is a hard dependency of the suite: failing to start it fails, never skips."""
+    if os.environ.get("SPR_TEST_MILVUS_URI"):
+        yield None
         return
-    from spr.stores.milvus_server import EmbeddedMilvus, MilvusServerError
-
-    server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus"), port=0)
+    data_dir = tmp_path_factory.mktemp("milvus")
+    started = run_spr("milvus", "start", "--dir", str(data_dir), "--port", "0")
+    if started.returncode != 0:
+        pytest.fail(f"`spr milvus start` failed: {started.stderr.strip() or started.stdout.strip()}", pytrace=False)
     try:
-        state = server.start(timeout_s=180)
-    except MilvusServerError as exc:
-        pytest.fail(f"could not start the embedded Milvus server: {exc}", pytrace=False)
-    try:
-        yield state.uri
+        yield data_dir
     finally:
-        server.stop()
+        run_spr("milvus", "stop", "--dir", str(data_dir))
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(milvus_server_dir: Path | None) -> str:
+    """The URI of a real Milvus server: the session's own, or ``$SPR_TEST_MILVUS_URI``."""
+    if milvus_server_dir is None:
+        return os.environ["SPR_TEST_MILVUS_URI"]
+    from spr.stores.milvus_server import EmbeddedMilvus
+
+    state = EmbeddedMilvus(milvus_server_dir).status()
+    assert state is not None, "the session's Milvus server is gone"
+    return state.uri

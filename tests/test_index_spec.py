@@ -20,7 +20,7 @@ def test_each_kind_names_the_same_index_on_faiss_and_milvus():
     assert Flat().milvus_index_params() == {"index_type": "FLAT", "params": {}}
     assert IvfFlat(nlist=256).faiss_factory() == "IVF256,Flat"
     assert IvfFlat(nlist=256).milvus_index_params() == {"index_type": "IVF_FLAT", "params": {"nlist": 256}}
-    assert IvfPq(nlist=128, m=32, nbits=8).faiss_factory() == "IVF128,PQ32x8"
+    assert IvfPq(nlist=128, m=32, nbits=8).faiss_factory() == "IVF128,PQ32x8np"
     assert IvfPq(nlist=128, m=32, nbits=8).milvus_index_params() == {
         "index_type": "IVF_PQ",
         "params": {"nlist": 128, "m": 32, "nbits": 8},

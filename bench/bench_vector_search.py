@@ -1,0 +1,153 @@
+"""Vector-store benchmark: build time, single-query search latency and recall@k of FLAT,
+IVF_FLAT and IVF_PQ on clustered 768-d unit vectors, on Faiss and on a Milvus server.
+
+    python bench/bench_vector_search.py --sizes 100000 1000000 --backends faiss milvus
+
+Data: ``n`` vectors around ``n / 100`` random centres (a stand-in for segment embeddings,
+which cluster by video and topic), queries drawn the same way; the ground truth is exact
+inner-product search. Latency is one query per call (what the search service does), k=200.
+Milvus needs ``--milvus-uri`` (default ``$SPR_MILVUS__URI`` or http://127.0.0.1:19530): start
+one with ``spr milvus start``. Prints one line per (backend, size, index) and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+
+import numpy as np
+
+from spr.stores import Flat, IvfFlat, IvfPq, SearchParams, l2_normalize
+from spr.stores.faiss_store import FaissStore
+
+
+def clustered(n: int, nq: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``(n, dim)`` data and ``(nq, dim)`` queries, float32, unit rows, around ``n // 100`` centres."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, n // 100), dim), dtype=np.float32)
+    data = np.empty((n, dim), np.float32)
+    step = 100_000
+    for lo in range(0, n, step):  # chunks keep the temporaries small at 1M x 768
+        hi = min(n, lo + step)
+        data[lo:hi] = centres[rng.integers(0, len(centres), hi - lo)] + rng.standard_normal((hi - lo, dim), dtype=np.float32)
+        data[lo:hi] = l2_normalize(data[lo:hi])
+    queries = centres[rng.integers(0, len(centres), nq)] + rng.standard_normal((nq, dim), dtype=np.float32)
+    return data, l2_normalize(queries)
+
+
+def exact_top_k(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """``(nq, k)`` ids of the exact inner-product neighbours."""
+    import faiss
+
+    index = faiss.IndexFlatIP(data.shape[1])
+    index.add(data)
+    return index.search(queries, k)[1]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
+
+
+def open_store(backend: str, root: str, milvus_uri: str, n: int):
+    if backend == "faiss":
+        # The default sample of 64 points per list: what makes 1M vectors build in minutes.
+        return FaissStore(root, threads=1)
+    from spr.stores.milvus_store import MilvusStore
+
+    return MilvusStore(milvus_uri, consistency_level="Bounded", timeout_s=600)
+
+
+def bench_one(store, backend: str, spec, data, queries, truth, k: int, nprobe: int | None) -> dict:
+    name = f"bench_{spec.kind.lower()}_{uuid.uuid4().hex[:6]}"
+    store.create_collection(name, data.shape[1], spec)
+    keys = [f"v{i // 900}" for i in range(len(data))]
+    t0 = time.perf_counter()
+    step = 50_000
+    for lo in range(0, len(data), step):
+        hi = min(len(data), lo + step)
+        store.upsert(name, np.arange(lo, hi), data[lo:hi], keys[lo:hi])
+    if backend == "faiss":
+        if spec.kind != "FLAT":
+            store.train(name)
+        store.flush(name)
+    else:
+        store.wait_until_indexed(name, timeout_s=3600)
+    build_s = time.perf_counter() - t0
+    params = SearchParams(nprobe=nprobe) if nprobe else None
+    store.search(name, queries[:5], k, params)  # warm-up
+    lat, found = [], []
+    for q in queries:
+        t = time.perf_counter()
+        r = store.search(name, q[None, :], k, params)
+        lat.append((time.perf_counter() - t) * 1e3)
+        found.append(r.ids[0])
+    store.drop_collection(name)
+    lat = np.array(lat)
+    return {
+        "build_s": build_s,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "qps_1_client": 1e3 / float(lat.mean()),
+        "recall": recall(np.array(found), truth),
+    }
+
+
+def specs(n: int, nlist: int, nprobe: int, m: int) -> dict:
+    return {
+        "FLAT": Flat(),
+        "IVF_FLAT": IvfFlat(nlist=nlist, nprobe=nprobe),
+        "IVF_PQ": IvfPq(nlist=nlist, m=m, nbits=8, nprobe=nprobe),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000])
+    ap.add_argument("--backends", nargs="+", default=["faiss"], choices=["faiss", "milvus"])
+    ap.add_argument("--indexes", nargs="+", default=["FLAT", "IVF_FLAT", "IVF_PQ"])
+    ap.add_argument("--dim", type=int, default=768)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--k", type=int, default=200)
+    ap.add_argument("--nlist", type=int, default=1024)
+    ap.add_argument("--nprobe", type=int, default=16)
+    ap.add_argument("--m", type=int, default=64, help="IVF_PQ sub-quantisers (must divide --dim)")
+    ap.add_argument("--milvus-uri", default=os.environ.get("SPR_MILVUS__URI", "http://127.0.0.1:19530"))
+    args = ap.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="spr-bench-") as root:
+        for n in args.sizes:
+            t = time.perf_counter()
+            data, queries = clustered(n, args.queries, args.dim)
+            truth = exact_top_k(data, queries, args.k)
+            print(f"# n={n} dim={args.dim}: data + exact ground truth in {time.perf_counter() - t:.1f} s", flush=True)
+            for backend in args.backends:
+                store = open_store(backend, os.path.join(root, f"{backend}-{n}"), args.milvus_uri, n)
+                for kind in args.indexes:
+                    spec = specs(n, args.nlist, args.nprobe, args.m)[kind]
+                    r = bench_one(store, backend, spec, data, queries, truth, args.k, None)
+                    row = {"backend": backend, "n": n, "index": kind, **r}
+                    rows.append(row)
+                    print(
+                        f"{backend:<7} n={n:>8} {kind:<9} build {r['build_s']:7.1f} s  p50 {r['p50_ms']:7.2f} ms  "
+                        f"p99 {r['p99_ms']:7.2f} ms  recall@{args.k} {r['recall']:.3f}",
+                        flush=True,
+                    )
+                store.close()
+            del data
+    print(f"\nk={args.k}, nlist={args.nlist}, nprobe={args.nprobe}, IVF_PQ m={args.m} nbits=8, {args.queries} queries, 1 query per call")
+    print("| backend | vectors | index | build s | p50 ms | p99 ms | recall@k |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['backend']} | {r['n']:,} | {r['index']} | {r['build_s']:.1f} | {r['p50_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['recall']:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
