@@ -226,6 +226,29 @@ def test_faiss_explicit_training_needs_enough_points(tmp_path):
         store.train("t_small")
 
 
+def test_faiss_trains_ivf_on_a_sample_of_points_per_list_not_on_everything(tmp_path, caplog):
+    store = FaissStore(tmp_path, train_points_per_list=16)
+    store.create_collection("t_sample", DIM, IvfFlat(nlist=8, nprobe=8))
+    x = vectors(1000)
+    # One batch larger than the training size: it trains on a sample of 8 x 16, adds all.
+    with caplog.at_level("INFO", logger="spr.stores.faiss_store"):
+        store.upsert("t_sample", np.arange(1000), x, keys_for(range(1000)))
+    assert "on 128 of 1000 vectors" in caplog.text
+    assert store.count("t_sample") == 1000
+    assert store.search("t_sample", x[500:501], k=1).ids[0, 0] == 500
+
+
+def test_faiss_uses_the_configured_number_of_openmp_threads(tmp_path):
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    try:
+        FaissStore(tmp_path, threads=1)
+        assert faiss.omp_get_max_threads() == 1
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 # -- Milvus specifics -----------------------------------------------------------------
 
 
