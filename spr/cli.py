@@ -194,9 +194,10 @@ def cmd_milvus(config: Config, args: argparse.Namespace) -> int:
 
 
 def hms(seconds: float) -> str:
-    """``h:mm:ss.s`` for a time in seconds."""
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}.{int(round((seconds - whole) * 10)) % 10}"
+    """``h:mm:ss.s`` for a time in seconds (rounded to the tenth, carrying into the minutes)."""
+    tenths = int(round(seconds * 10))
+    whole, tenth = divmod(tenths, 10)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}.{tenth}"
 
 
 def _print_smoke(report: Any) -> None:

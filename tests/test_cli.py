@@ -120,3 +120,12 @@ def test_milvus_status_of_a_directory_with_no_server_exits_1(tmp_path):
     assert status.returncode == 1 and "not running" in status.stdout
     stopped = run_spr("milvus", "stop", "--dir", str(tmp_path / "none"))
     assert stopped.returncode == 0 and "was not running" in stopped.stdout
+
+
+def test_timestamps_print_as_hours_minutes_seconds_and_round_into_the_next_minute():
+    from spr.cli import hms
+
+    assert hms(0.0) == "0:00:00.0"
+    assert hms(3725.3) == "1:02:05.3"
+    assert hms(59.96) == "0:01:00.0"
+    assert hms(3600.0) == "1:00:00.0"
