@@ -21,7 +21,7 @@ import uuid
 
 import numpy as np
 
-from spr.stores import Flat, IvfFlat, IvfPq, SearchParams, l2_normalize
+from spr.stores import Flat, IvfFlat, IvfPq, l2_normalize
 from spr.stores.faiss_store import FaissStore
 
 
@@ -52,7 +52,7 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
 
 
-def open_store(backend: str, root: str, milvus_uri: str, n: int):
+def open_store(backend: str, root: str, milvus_uri: str):
     if backend == "faiss":
         # The default sample of 64 points per list: what makes 1M vectors build in minutes.
         return FaissStore(root, threads=1)
@@ -61,7 +61,9 @@ def open_store(backend: str, root: str, milvus_uri: str, n: int):
     return MilvusStore(milvus_uri, consistency_level="Bounded", timeout_s=600)
 
 
-def bench_one(store, backend: str, spec, data, queries, truth, k: int, nprobe: int | None) -> dict:
+def bench_one(store, backend: str, spec, data, queries, truth, k: int) -> dict:
+    """Load ``data`` into a new collection of ``spec``, time single-query searches at the
+    spec's own nprobe, drop it; build seconds, latency percentiles (ms) and recall@k."""
     name = f"bench_{spec.kind.lower()}_{uuid.uuid4().hex[:6]}"
     store.create_collection(name, data.shape[1], spec)
     keys = [f"v{i // 900}" for i in range(len(data))]
@@ -77,12 +79,11 @@ def bench_one(store, backend: str, spec, data, queries, truth, k: int, nprobe: i
     else:
         store.wait_until_indexed(name, timeout_s=3600)
     build_s = time.perf_counter() - t0
-    params = SearchParams(nprobe=nprobe) if nprobe else None
-    store.search(name, queries[:5], k, params)  # warm-up
+    store.search(name, queries[:5], k)  # warm-up
     lat, found = [], []
     for q in queries:
         t = time.perf_counter()
-        r = store.search(name, q[None, :], k, params)
+        r = store.search(name, q[None, :], k)
         lat.append((time.perf_counter() - t) * 1e3)
         found.append(r.ids[0])
     store.drop_collection(name)
@@ -96,7 +97,7 @@ def bench_one(store, backend: str, spec, data, queries, truth, k: int, nprobe: i
     }
 
 
-def specs(n: int, nlist: int, nprobe: int, m: int) -> dict:
+def specs(nlist: int, nprobe: int, m: int) -> dict:
     return {
         "FLAT": Flat(),
         "IVF_FLAT": IvfFlat(nlist=nlist, nprobe=nprobe),
@@ -126,10 +127,10 @@ def main() -> None:
             truth = exact_top_k(data, queries, args.k)
             print(f"# n={n} dim={args.dim}: data + exact ground truth in {time.perf_counter() - t:.1f} s", flush=True)
             for backend in args.backends:
-                store = open_store(backend, os.path.join(root, f"{backend}-{n}"), args.milvus_uri, n)
+                store = open_store(backend, os.path.join(root, f"{backend}-{n}"), args.milvus_uri)
                 for kind in args.indexes:
-                    spec = specs(n, args.nlist, args.nprobe, args.m)[kind]
-                    r = bench_one(store, backend, spec, data, queries, truth, args.k, None)
+                    spec = specs(args.nlist, args.nprobe, args.m)[kind]
+                    r = bench_one(store, backend, spec, data, queries, truth, args.k)
                     row = {"backend": backend, "n": n, "index": kind, **r}
                     rows.append(row)
                     print(
