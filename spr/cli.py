@@ -8,6 +8,7 @@ saying what to do, with exit code 2; a crash is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -20,6 +21,11 @@ from .config import Config, ConfigError, load_config
 from .logs import configure_logging
 
 log = logging.getLogger("spr")
+
+# Each stage owns its subcommands: these modules define ``add_commands(subparsers)``; their
+# handlers take ``(config, args)`` like the ones below. They must import nothing heavy at
+# module level (``spr version`` should not load torch).
+COMMAND_MODULES = ("ingest.cli", "ingest.importer_cli", "services.cli")
 
 
 class UsageError(Exception):
@@ -94,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dir", help="server data directory (default: milvus.embedded_dir or <data_dir>/milvus)")
         p.add_argument("--port", type=int, help="gRPC port (default: milvus.embedded_port; 0 = first free from 19530)")
         p.set_defaults(handler=cmd_milvus, action=action)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
     return parser
 
 
@@ -110,8 +118,9 @@ def cmd_config(config: Config, args: argparse.Namespace) -> int:
 
     shown = asdict(config)
     shown["catalog"]["url"] = masked_url(config.catalog_url)
-    if shown["milvus"]["token"]:
-        shown["milvus"]["token"] = "***"
+    for section in ("milvus", "security"):
+        if shown[section]["token"]:
+            shown[section]["token"] = "***"
     shown["data_dir"] = str(config.data_path)
     print(json.dumps(shown, indent=2))
     return 0

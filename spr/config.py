@@ -118,7 +118,72 @@ class ServicesConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    address: str = ""  # empty: start a local Ray
+    address: str = ""  # empty: start a local Ray (no dashboard, temp dir under the data dir)
+    num_cpus: int = 0  # local Ray only; 0 = all cores
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """The frame-feature store: per-second CLIP features, one file per video id.
+
+    Empty ``url`` means ``<data_dir>/features``; an fsspec URL (``s3://bucket/prefix``) puts
+    them in object storage for a cluster."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class ClipConfig:
+    """The open_clip model whose towers encode frames and queries.
+
+    ``pretrained`` is an open_clip tag (``openai``, ``laion2b_s32b_b82k``...) or a local
+    checkpoint path; empty means random weights (tests, demos) and is logged as such."""
+
+    model: str = "ViT-L-14"
+    pretrained: str = ""
+    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"
+    precision: str = "auto"  # "auto" (fp16 on GPU, fp32 on CPU), "fp32", "fp16", "bf16"
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ProjectorConfig:
+    """Trained projectors (``spr train projector``). Empty ``checkpoint``: CLIP mean pooling
+    for segments (the paper's CLIP_mp baseline) and the identity for queries."""
+
+    checkpoint: str = ""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    decode_workers: int = 2  # CPU decode tasks in flight per encoder actor
+    encoder_actors: int = 1
+    gpus_per_actor: float = 1.0  # used when the cluster has GPUs
+    cpus_per_actor: float = 1.0
+    max_videos_in_flight: int = 8  # backpressure: decoded videos waiting for an encoder
+    write_batch_videos: int = 16  # videos published per catalog/store batch
+    max_video_hours: float = 48.0
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    """The SPR_CLIP refiner. Empty ``checkpoint``: random initialisation, flagged in responses."""
+
+    checkpoint: str = ""
+    device: str = "auto"
+    max_batch_proposals: int = 512  # dynamic batching across concurrent queries
+    max_wait_ms: float = 2.0
+    timeout_ms: float = 2000.0  # the search service's deadline for a refine call
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """TLS and a bearer token for both services; off by default (loopback)."""
+
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""  # clients verify the server with it
+    token: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,6 +203,12 @@ class Config:
     proposals: ProposalsConfig = field(default_factory=ProposalsConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
@@ -157,6 +228,10 @@ class Config:
         if self.milvus.embedded_dir:
             return Path(self.milvus.embedded_dir).expanduser()
         return self.data_path / "milvus"
+
+    @property
+    def features_url(self) -> str:
+        return self.features.url or str(self.data_path / "features")
 
     def replace(self, **sections: Any) -> "Config":
         """A copy with whole values or sections replaced (``cfg.replace(data_dir="/x")``)."""

@@ -1,0 +1,5 @@
+"""Placeholder: subcommands land here."""
+
+
+def add_commands(sub) -> None:
+    pass

@@ -1,0 +1,35 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Moment(_message.Message):
+    __slots__ = ("video_key", "uri", "start_s", "end_s", "score", "coarse_rank", "coarse_start_s", "coarse_end_s", "video_duration_s")
+    VIDEO_KEY_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    COARSE_RANK_FIELD_NUMBER: _ClassVar[int]
+    COARSE_START_S_FIELD_NUMBER: _ClassVar[int]
+    COARSE_END_S_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    video_key: str
+    uri: str
+    start_s: float
+    end_s: float
+    score: float
+    coarse_rank: int
+    coarse_start_s: float
+    coarse_end_s: float
+    video_duration_s: float
+    def __init__(self, video_key: _Optional[str] = ..., uri: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., coarse_rank: _Optional[int] = ..., coarse_start_s: _Optional[float] = ..., coarse_end_s: _Optional[float] = ..., video_duration_s: _Optional[float] = ...) -> None: ...
+
+class Embedding(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...

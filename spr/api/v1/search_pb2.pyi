@@ -1,0 +1,124 @@
+from spr.api.v1 import moments_pb2 as _moments_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SearchParams(_message.Message):
+    __slots__ = ("nprobe", "ef")
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    EF_FIELD_NUMBER: _ClassVar[int]
+    nprobe: int
+    ef: int
+    def __init__(self, nprobe: _Optional[int] = ..., ef: _Optional[int] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("text", "embedding", "top_k", "segments_k", "collection", "params", "video_keys", "metadata", "refine")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_K_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_KEYS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    REFINE_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    embedding: _moments_pb2.Embedding
+    top_k: int
+    segments_k: int
+    collection: str
+    params: SearchParams
+    video_keys: _containers.RepeatedScalarFieldContainer[str]
+    metadata: _containers.ScalarMap[str, str]
+    refine: bool
+    def __init__(self, text: _Optional[str] = ..., embedding: _Optional[_Union[_moments_pb2.Embedding, _Mapping]] = ..., top_k: _Optional[int] = ..., segments_k: _Optional[int] = ..., collection: _Optional[str] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., video_keys: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., refine: _Optional[bool] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("moments", "refined", "degraded", "degraded_reason", "timings_ms", "random_weights", "collection", "segments_retrieved", "proposals")
+    class TimingsMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MOMENTS_FIELD_NUMBER: _ClassVar[int]
+    REFINED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_REASON_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_RETRIEVED_FIELD_NUMBER: _ClassVar[int]
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    moments: _containers.RepeatedCompositeFieldContainer[_moments_pb2.Moment]
+    refined: bool
+    degraded: bool
+    degraded_reason: str
+    timings_ms: _containers.ScalarMap[str, float]
+    random_weights: bool
+    collection: str
+    segments_retrieved: int
+    proposals: int
+    def __init__(self, moments: _Optional[_Iterable[_Union[_moments_pb2.Moment, _Mapping]]] = ..., refined: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., random_weights: _Optional[bool] = ..., collection: _Optional[str] = ..., segments_retrieved: _Optional[int] = ..., proposals: _Optional[int] = ...) -> None: ...
+
+class CollectionStatsRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class CollectionStats(_message.Message):
+    __slots__ = ("name", "backend", "dim", "metric", "index_kind", "index_params", "vectors", "feature_model")
+    class IndexParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_KIND_FIELD_NUMBER: _ClassVar[int]
+    INDEX_PARAMS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    backend: str
+    dim: int
+    metric: str
+    index_kind: str
+    index_params: _containers.ScalarMap[str, str]
+    vectors: int
+    feature_model: str
+    def __init__(self, name: _Optional[str] = ..., backend: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index_kind: _Optional[str] = ..., index_params: _Optional[_Mapping[str, str]] = ..., vectors: _Optional[int] = ..., feature_model: _Optional[str] = ...) -> None: ...
+
+class CollectionStatsResponse(_message.Message):
+    __slots__ = ("collections", "videos", "segments")
+    class VideosEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    VIDEOS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionStats]
+    videos: _containers.ScalarMap[str, int]
+    segments: int
+    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ..., videos: _Optional[_Mapping[str, int]] = ..., segments: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,219 @@
+"""The frame-feature store: per-second CLIP frame features of every video, keyed by video id.
+
+Refinement scores a proposal against the features of each second it spans, so ingest keeps
+them and the refiner never decodes video at query time. One HDF5 file per video holds a
+``(T, D)`` float16 array (row ``i`` covers ``[i / rate, (i + 1) / rate)`` seconds) and its
+``rate`` (features per second: 1.0 for 1-fps CLIP frames, 1/1.5 for TVR's 1.5-s clips). A
+slice reads only the rows it needs, so an hour-long video costs a proposal a few rows.
+
+The root is a local directory (the embedded default, ``<data_dir>/features``) or any fsspec
+URL (``s3://bucket/prefix``, ``memory://`` in tests). Writes are atomic on both: a local file
+is written beside its final name and renamed into place; an object-store PUT is atomic by
+itself. A crash mid-write therefore leaves either the old file or none, never a torn one.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["FeatureNotFound", "FrameFeatureStore", "FrameFeatures", "span_rows"]
+
+_DATASET = "features"
+_SUFFIX = ".h5"
+# Videos are spread over 256 sub-directories: object stores list faster and local
+# directories stay small at a million videos.
+_SHARDS = 256
+
+
+class FeatureNotFound(LookupError):
+    """The store holds no features for this video id."""
+
+
+@dataclass(frozen=True)
+class FrameFeatures:
+    """Features of (a span of) one video: ``features`` ``(T, D)`` float16, row ``i`` covering
+    ``[first_s + i / rate, first_s + (i + 1) / rate)`` seconds."""
+
+    video_id: int
+    features: np.ndarray
+    rate: float
+    first_s: float = 0.0
+
+    @property
+    def times_s(self) -> np.ndarray:
+        """Start time of each row, shape ``(T,)`` float64."""
+        return self.first_s + np.arange(len(self.features), dtype=np.float64) / self.rate
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.features) / self.rate
+
+
+def span_rows(start_s: float, end_s: float, rate: float, total: int) -> tuple[int, int]:
+    """Half-open row range ``[lo, hi)`` of every feature overlapping ``[start_s, end_s)``,
+    clipped to ``[0, total)``; at least one row when ``total > 0``."""
+    lo = int(math.floor(max(0.0, start_s) * rate + 1e-9))
+    hi = int(math.ceil(max(start_s, end_s) * rate - 1e-9))
+    lo = min(max(lo, 0), max(total - 1, 0))
+    hi = min(max(hi, lo + 1), total)
+    return lo, hi
+
+
+class FrameFeatureStore:
+    """Per-video feature files under one root (a path or an fsspec URL). Thread-safe: every
+    call opens its own file handle."""
+
+    def __init__(self, url: str | os.PathLike[str]) -> None:
+        url = os.fspath(url)
+        self.url = url
+        if "://" in url and not url.startswith("file://"):
+            import fsspec
+
+            self._fs, self._root = fsspec.core.url_to_fs(url)
+            self._local = False
+        else:
+            self._root = url[len("file://"):] if url.startswith("file://") else url
+            self._fs = None
+            self._local = True
+            Path(self._root).mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def from_config(cls, config) -> "FrameFeatureStore":
+        """The store at ``config.features_url`` (``<data_dir>/features`` by default)."""
+        return cls(config.features_url)
+
+    def path(self, video_id: int) -> str:
+        video_id = int(video_id)
+        return f"{self._root.rstrip('/')}/{video_id % _SHARDS:02x}/{video_id}{_SUFFIX}"
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def write(self, video_id: int, features: np.ndarray, rate: float, model: str = "") -> None:
+        """Store ``features`` ``(T, D)`` (any float dtype; kept as float16) of one video,
+        replacing what it had. ``rate`` is features per second."""
+        feats = np.asarray(features)
+        if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
+            raise ValueError(f"features of video {video_id} must have shape (T>0, D>0), got {feats.shape}")
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"feature rate must be a positive number of features per second, got {rate}")
+        feats16 = feats.astype(np.float16)
+        if not np.isfinite(feats16).all():
+            raise ValueError(f"features of video {video_id} contain NaN or infinity (or overflow float16)")
+        data = _encode(feats16, float(rate), model)
+        final = self.path(video_id)
+        if self._local:
+            Path(final).parent.mkdir(parents=True, exist_ok=True)
+            tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        else:
+            self._fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+            self._fs.pipe_file(final, data)
+
+    def delete(self, video_id: int) -> bool:
+        """Remove one video's features; False if there were none."""
+        final = self.path(video_id)
+        if self._local:
+            try:
+                os.remove(final)
+                return True
+            except FileNotFoundError:
+                return False
+        if not self._fs.exists(final):
+            return False
+        self._fs.rm(final)
+        return True
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def exists(self, video_id: int) -> bool:
+        final = self.path(video_id)
+        return os.path.exists(final) if self._local else bool(self._fs.exists(final))
+
+    def read(self, video_id: int) -> FrameFeatures:
+        """All features of one video."""
+        return self.read_span(video_id, 0.0, math.inf)
+
+    def read_span(self, video_id: int, start_s: float, end_s: float) -> FrameFeatures:
+        """Rows overlapping ``[start_s, end_s)`` seconds (at least one)."""
+        return self.read_spans(video_id, [(start_s, end_s)])[0]
+
+    def read_spans(self, video_id: int, spans: Sequence[tuple[float, float]]) -> list[FrameFeatures]:
+        """Several spans of one video through one file open, in input order."""
+        import h5py
+
+        with self._open(video_id) as fh, h5py.File(fh, "r") as h5:
+            ds = h5[_DATASET]
+            rate = float(ds.attrs["rate"])
+            total = ds.shape[0]
+            out = []
+            for start_s, end_s in spans:
+                end = total / rate if math.isinf(end_s) else end_s
+                lo, hi = span_rows(start_s, end, rate, total)
+                out.append(FrameFeatures(int(video_id), ds[lo:hi], rate, lo / rate))
+            return out
+
+    def read_many(self, requests: Iterable[tuple[int, float, float]]) -> list[FrameFeatures]:
+        """``[(video_id, start_s, end_s), ...]`` in input order, one file open per distinct video
+        (a query's ~100 proposals come from far fewer videos)."""
+        requests = list(requests)
+        by_video: dict[int, list[int]] = defaultdict(list)
+        for i, (vid, _, _) in enumerate(requests):
+            by_video[int(vid)].append(i)
+        out: list[FrameFeatures | None] = [None] * len(requests)
+        for vid, idx in by_video.items():
+            for i, feats in zip(idx, self.read_spans(vid, [(requests[i][1], requests[i][2]) for i in idx])):
+                out[i] = feats
+        return out  # type: ignore[return-value]
+
+    def info(self, video_id: int) -> tuple[int, int, float, str]:
+        """``(T, D, rate, model)`` without reading the features."""
+        import h5py
+
+        with self._open(video_id) as fh, h5py.File(fh, "r") as h5:
+            ds = h5[_DATASET]
+            return int(ds.shape[0]), int(ds.shape[1]), float(ds.attrs["rate"]), str(ds.attrs.get("model", ""))
+
+    def video_ids(self) -> list[int]:
+        """Every video id with features, sorted (for repair passes)."""
+        if self._local:
+            names = [p.name for p in Path(self._root).glob(f"*/*{_SUFFIX}")]
+        else:
+            names = [p.rsplit("/", 1)[-1] for p in self._fs.glob(f"{self._root.rstrip('/')}/*/*{_SUFFIX}")]
+        return sorted(int(n[: -len(_SUFFIX)]) for n in names if n[: -len(_SUFFIX)].isdigit())
+
+    def _open(self, video_id: int):
+        final = self.path(video_id)
+        try:
+            if self._local:
+                return open(final, "rb")
+            return self._fs.open(final, "rb")
+        except FileNotFoundError:
+            raise FeatureNotFound(
+                f"no frame features for video id {video_id} in {self.url}; re-ingest the video "
+                f"(or `spr import` its features)"
+            ) from None
+
+
+def _encode(features: np.ndarray, rate: float, model: str) -> bytes:
+    import h5py
+
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as h5:
+        # Contiguous, uncompressed: a slice is one read at a computed offset.
+        ds = h5.create_dataset(_DATASET, data=features)
+        ds.attrs["rate"] = rate
+        ds.attrs["model"] = model
+    return buf.getvalue()
