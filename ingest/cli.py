@@ -1,5 +1,103 @@
-"""Placeholder: subcommands land here."""
+"""``spr ingest`` and ``spr delete``: the operator's side of the corpus."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
 
 
-def add_commands(sub) -> None:
-    pass
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="decode videos, encode them with CLIP (Ray actors) and publish their segments",
+        description="Ingest videos into a collection. Re-running the same command resumes: finished, "
+        "unchanged videos are skipped; a changed file replaces its segments.",
+    )
+    p.add_argument("paths", nargs="*", metavar="PATH", help="video files or folders (searched recursively)")
+    p.add_argument("--manifest", help="JSONL or CSV with path (or file uri), optional key and metadata")
+    p.add_argument("--collection", help="target collection (default: vectors.collection)")
+    p.add_argument("--ray-address", help="join this Ray cluster (default: ray.address, else a local Ray)")
+    p.add_argument("--actors", type=int, help="encoder actors (default: ingest.encoder_actors)")
+    p.add_argument("--executor", choices=("ray", "inline"), default="ray", help="'inline' runs in this process, without Ray")
+    p.add_argument("--force", action="store_true", help="re-process videos even when unchanged")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=cmd_ingest)
+
+    p = sub.add_parser("delete", help="remove videos from the catalog, the vector store and the feature store")
+    p.add_argument("keys", nargs="+", metavar="VIDEO", help="video keys")
+    p.set_defaults(handler=cmd_delete)
+
+
+def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
+    from spr.cli import UsageError
+
+    from .pipeline import IngestError, run_ingest
+    from .sources import SourceError, sources_from_manifest, sources_from_paths
+
+    if bool(args.paths) == bool(args.manifest):
+        raise UsageError("give video PATHs or --manifest FILE (one of the two)")
+    if args.actors is not None and args.actors < 1:
+        raise UsageError("--actors must be at least 1")
+    if args.ray_address:
+        config = config.replace(ray=config.ray.__class__(**{**config.ray.__dict__, "address": args.ray_address}))
+    try:
+        sources = sources_from_manifest(args.manifest) if args.manifest else sources_from_paths(args.paths)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    if not sources:
+        raise UsageError("no video files found in the given paths")
+    try:
+        summary = run_ingest(config, sources, args.collection, executor=args.executor, actors=args.actors, force=args.force)
+    except IngestError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(_summary_json(summary), indent=2))
+    else:
+        _print_summary(summary)
+    return 1 if summary.videos_failed else 0
+
+
+def cmd_delete(config: Any, args: argparse.Namespace) -> int:
+    from .pipeline import delete_videos
+
+    missing = 0
+    for key, existed in delete_videos(config, args.keys).items():
+        print(f"deleted  {key}" if existed else f"unknown  {key}")
+        missing += not existed
+    return 1 if missing else 0
+
+
+def _summary_json(s: Any) -> dict[str, Any]:
+    return {
+        "run_id": s.run_id,
+        "collection": s.collection,
+        "videos": {"total": s.videos_total, "done": s.videos_done, "skipped": s.videos_skipped, "failed": s.videos_failed},
+        "segments_written": s.segments_written,
+        "video_seconds": s.video_seconds,
+        "frames": s.frames,
+        "wall_s": s.wall_s,
+        "video_seconds_per_s": s.video_seconds_per_s,
+        "frames_per_s": s.frames_per_s,
+        "failures": [{"key": k, "error": e} for k, e in s.failures],
+        "feature_model": s.encoder.feature_model if s.encoder else None,
+        "random_weights": bool(s.encoder and s.encoder.random_weights),
+    }
+
+
+def _print_summary(s: Any) -> None:
+    print(
+        f"ingest run {s.run_id} into {s.collection!r}: {s.videos_done} published, {s.videos_skipped} skipped "
+        f"(unchanged), {s.videos_failed} failed, of {s.videos_total}"
+    )
+    print(
+        f"  {s.segments_written} segments, {s.video_seconds:.0f} video-seconds, {s.frames} frames in {s.wall_s:.1f} s "
+        f"({s.video_seconds_per_s:.1f} video-s/s, {s.frames_per_s:.1f} frames/s)"
+    )
+    if s.encoder is not None:
+        print(f"  model: {s.encoder.feature_model} on {s.encoder.device}")
+        if s.encoder.random_weights:
+            print("  NOTE: weights are random/untrained: the vectors are meaningless for real search")
+    for key, error in s.failures:
+        print(f"  FAILED {key}: {error}", file=sys.stderr)

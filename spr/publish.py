@@ -56,26 +56,12 @@ def publish_video(
     Replaces whatever the video had before. On any error the video stays invisible
     (``pending``) and the error propagates; the caller records it with ``mark_failed``.
     """
-    bounds = segment_bounds(duration_s, segment_length_s)
-    embeddings = np.asarray(embeddings, dtype=np.float32)
-    if embeddings.ndim != 2 or len(embeddings) != len(bounds):
-        raise ValueError(
-            f"video {key!r} of {duration_s} s has {len(bounds)} segments of {segment_length_s} s, "
-            f"but {embeddings.shape[0] if embeddings.ndim else 0} embeddings were given (shape {embeddings.shape})"
-        )
     if (feature_store is None) != (frame_features is None):
         raise ValueError("pass feature_store and frame_features together")
-    video = catalog.register_video(key, uri, duration_s, fps=fps, content_hash=content_hash, metadata=metadata)
-    if feature_store is not None:
-        feature_store.write(video.id, frame_features, feature_rate, feature_model)
-    ids = catalog.replace_segments(video.id, bounds.ordinals, bounds.start_s, bounds.end_s)
-    # A re-ingest that got shorter leaves vectors past the new last ordinal: remove them all
-    # by video first, so the store holds exactly the catalog's segments.
-    store.delete_videos(collection, [key])
-    store.upsert(collection, ids, embeddings, [key] * len(ids))
-    store.flush(collection)
-    catalog.mark_ready(video.id)
-    return PublishedVideo(catalog.get_video_by_id(video.id) or video, ids)
+    payload = VideoPayload(
+        key, uri, duration_s, embeddings, frame_features, feature_rate, fps, content_hash, metadata
+    )
+    return publish_videos(catalog, store, collection, [payload], segment_length_s, feature_store, feature_model)[0]
 
 
 def unpublish_video(
@@ -101,3 +87,69 @@ def unpublish_video(
         feature_store.delete(video.id)
     catalog.purge_video(video.id)
     return True
+
+
+@dataclass(frozen=True)
+class VideoPayload:
+    """Everything one video contributes: its segment ``embeddings`` ``(n, dim)`` (ordinal
+    order) and, optionally, its per-second ``frame_features`` ``(T, D)`` at ``feature_rate``."""
+
+    key: str
+    uri: str
+    duration_s: float
+    embeddings: np.ndarray
+    frame_features: np.ndarray | None = None
+    feature_rate: float = 1.0
+    fps: float | None = None
+    content_hash: str | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+def publish_videos(
+    catalog: SegmentCatalog,
+    store: VectorStore,
+    collection: str,
+    payloads: Sequence[VideoPayload],
+    segment_length_s: float = 4.0,
+    feature_store: FrameFeatureStore | None = None,
+    feature_model: str = "",
+) -> list[PublishedVideo]:
+    """:func:`publish_video` for a batch, with one vector upsert and one flush for all of it
+    (a Milvus flush costs about a second; per video it would dominate a big ingest).
+
+    Every video is registered ``pending`` first and turns ``ready`` only after the flush, so
+    a crash anywhere leaves the whole batch invisible and a re-run repeats it idempotently."""
+    checked = []
+    for p in payloads:
+        bounds = segment_bounds(p.duration_s, segment_length_s)
+        emb = np.asarray(p.embeddings, dtype=np.float32)
+        if emb.ndim != 2 or len(emb) != len(bounds):
+            raise ValueError(
+                f"video {p.key!r} of {p.duration_s} s has {len(bounds)} segments of {segment_length_s} s, "
+                f"but {emb.shape[0] if emb.ndim else 0} embeddings were given (shape {emb.shape})"
+            )
+        checked.append((p, bounds, emb))
+    if not checked:
+        return []
+    written: list[tuple[VideoRecord, np.ndarray]] = []
+    for p, bounds, _ in checked:
+        video = catalog.register_video(
+            p.key, p.uri, p.duration_s, fps=p.fps, content_hash=p.content_hash, metadata=p.metadata
+        )
+        if feature_store is not None and p.frame_features is not None:
+            feature_store.write(video.id, p.frame_features, p.feature_rate, feature_model)
+        ids = catalog.replace_segments(video.id, bounds.ordinals, bounds.start_s, bounds.end_s)
+        written.append((video, ids))
+    keys = [p.key for p, _, _ in checked]
+    store.delete_videos(collection, keys)
+    all_ids = np.concatenate([ids for _, ids in written])
+    if len(all_ids):
+        vectors = np.concatenate([emb for _, _, emb in checked])
+        tags = [key for key, (_, ids) in zip(keys, written) for _ in range(len(ids))]
+        store.upsert(collection, all_ids, vectors, tags)
+    store.flush(collection)
+    published = []
+    for video, ids in written:
+        catalog.mark_ready(video.id)
+        published.append(PublishedVideo(catalog.get_video_by_id(video.id) or video, ids))
+    return published

@@ -112,9 +112,11 @@ class ClipEncoder:
         for i, frame in enumerate(frames):
             img = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).float().unsqueeze(0) / 255.0
             h, w = img.shape[-2:]
-            scale = size / min(h, w)
-            nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-            img = F.interpolate(img, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+            nh, nw = h, w
+            if min(h, w) != size:  # the ingest decoder already resized: skip the no-op
+                scale = size / min(h, w)
+                nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+                img = F.interpolate(img, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
             top, left = (nh - size) // 2, (nw - size) // 2
             out[i] = img[0, :, top : top + size, left : left + size].clamp_(0, 1)
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)

@@ -1,0 +1,199 @@
+"""The distributor: Ray actors that encode, fed by Ray tasks that decode.
+
+Decoding, not CLIP, is the bottleneck of video ingest, so it runs in separate CPU tasks
+(:func:`_decode_task`, a Ray streaming generator yielding frame chunks) while each
+:class:`_EncoderActor` holds one copy of the model (``num_gpus`` per actor on GPU nodes,
+CPU actors otherwise). An actor serves several videos at once (threads): while one video's
+chunks are being decoded elsewhere, another's are on the model. Memory stays bounded twice:
+a decode task runs at most a few chunks ahead of its consumer (generator backpressure), and
+the runner keeps at most ``max_videos_in_flight`` videos submitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from .encoder import EncodedVideo, EncoderInfo, EncoderSettings, FailedVideo, SkippedVideo, VideoEncoder, decode_chunks
+from .sources import VideoSource, content_hash
+
+log = logging.getLogger(__name__)
+
+# Chunks a decode task may run ahead of the encoder: enough to hide latency, small enough
+# that an hour-long video never sits in the object store whole.
+_DECODE_AHEAD_CHUNKS = 4
+
+
+def start_ray(address: str = "", data_dir: str | os.PathLike[str] = "", num_cpus: int = 0) -> bool:
+    """Connect to the cluster at ``address``, or start a local Ray (no dashboard, temp files
+    under the data directory). Returns True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        return True
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if num_cpus:
+        kwargs["num_cpus"] = num_cpus
+    if data_dir:
+        kwargs["_temp_dir"] = ray_temp_dir(data_dir)
+    ray.init(**kwargs)
+    return True
+
+
+def ray_temp_dir(data_dir: str | os.PathLike[str]) -> str:
+    """``<data_dir>/ray``, unless that is too long: Ray's Unix sockets live under it and a
+    socket path cannot exceed 107 bytes."""
+    preferred = str(Path(data_dir).expanduser().resolve() / "ray")
+    if len(preferred) <= 48:
+        return preferred
+    return f"/tmp/spr-ray-{hashlib.sha1(preferred.encode()).hexdigest()[:10]}"
+
+
+def _decode_task(path: str, frame_rate: float, image_size: int, chunk_frames: int):
+    yield from decode_chunks(path, frame_rate, image_size, chunk_frames)
+
+
+class _EncoderActor:
+    """One model copy; ``process`` runs in up to ``max_concurrency`` threads."""
+
+    def __init__(self, settings: EncoderSettings, decode_cpus: float) -> None:
+        import ray
+
+        self.encoder = VideoEncoder(settings)
+        self.decode = ray.remote(num_cpus=decode_cpus)(_decode_task)
+
+    def info(self) -> EncoderInfo:
+        return self.encoder.info
+
+    def process(self, source: VideoSource, skip_if_hash: str | None) -> EncodedVideo | FailedVideo | SkippedVideo:
+        import ray
+
+        try:
+            digest = content_hash(source.path)
+        except OSError as exc:
+            return FailedVideo(source, f"cannot read {source.path}: {exc.strerror or exc}")
+        if skip_if_hash is not None and digest == skip_if_hash:
+            return SkippedVideo(source, digest)
+        s = self.encoder.settings
+        stream = self.decode.options(_generator_backpressure_num_objects=_DECODE_AHEAD_CHUNKS).remote(
+            source.path, s.frame_rate, self.encoder.image_size, s.chunk_frames
+        )
+        try:
+            probe = ray.get(next(stream))
+            return self.encoder.encode_video(source, probe, (ray.get(ref) for ref in stream), digest)
+        except Exception as exc:  # a DecodeError arrives wrapped in a RayTaskError
+            cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
+            return FailedVideo(source, str(cause) if "DecodeError" in type(cause).__name__ else f"{type(cause).__name__}: {cause}", digest)
+
+
+class InlineEncoderPool:
+    """Everything in this process: the same stages, no Ray. For small jobs and unit tests."""
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        self._encoder = VideoEncoder(settings)
+        self._done: list[Any] = []
+
+    @property
+    def capacity(self) -> int:
+        return 1
+
+    def info(self) -> EncoderInfo:
+        return self._encoder.info
+
+    def submit(self, source: VideoSource, skip_if_hash: str | None) -> None:
+        self._done.append(self._encoder.process(source, skip_if_hash))
+
+    def in_flight(self) -> int:
+        return len(self._done)
+
+    def wait(self, timeout_s: float) -> list[Any]:
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+class RayEncoderPool:
+    """``actors`` encoder actors, each taking up to ``videos_per_actor`` videos at a time."""
+
+    def __init__(
+        self,
+        settings: EncoderSettings,
+        actors: int = 1,
+        videos_per_actor: int = 2,
+        gpus_per_actor: float = 1.0,
+        cpus_per_actor: float = 1.0,
+        decode_cpus: float = 1.0,
+    ) -> None:
+        import ray
+
+        use_gpus = ray.cluster_resources().get("GPU", 0) > 0 and settings.device != "cpu"
+        options: dict[str, Any] = {
+            "num_cpus": cpus_per_actor,
+            "num_gpus": gpus_per_actor if use_gpus else 0,
+            "max_concurrency": max(1, videos_per_actor),
+            # A crashed actor (OOM, segfault in a codec) comes back; its videos fail alone.
+            "max_restarts": 2,
+        }
+        if not use_gpus and settings.device == "auto":
+            settings = _replace(settings, device="cpu")
+        actor_cls = ray.remote(_EncoderActor)
+        self._actors = [actor_cls.options(**options).remote(settings, decode_cpus) for _ in range(max(1, actors))]
+        self._per_actor = max(1, videos_per_actor)
+        self._pending: dict[Any, tuple[int, VideoSource]] = {}
+        self._load = [0] * len(self._actors)
+
+    @property
+    def capacity(self) -> int:
+        return len(self._actors) * self._per_actor
+
+    def info(self) -> EncoderInfo:
+        import ray
+
+        return ray.get(self._actors[0].info.remote())
+
+    def submit(self, source: VideoSource, skip_if_hash: str | None) -> None:
+        i = min(range(len(self._actors)), key=self._load.__getitem__)
+        ref = self._actors[i].process.remote(source, skip_if_hash)
+        self._pending[ref] = (i, source)
+        self._load[i] += 1
+
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def wait(self, timeout_s: float) -> list[Any]:
+        import ray
+
+        if not self._pending:
+            return []
+        ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=timeout_s)
+        results = []
+        for ref in ready:
+            i, source = self._pending.pop(ref)
+            self._load[i] -= 1
+            try:
+                results.append(ray.get(ref))
+            except Exception as exc:  # the actor died mid-video
+                results.append(FailedVideo(source, f"encoder worker crashed ({type(exc).__name__}: {exc}); re-run to retry"))
+        return results
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+
+
+def _replace(settings: EncoderSettings, **changes: Any) -> EncoderSettings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)
+

@@ -1,0 +1,219 @@
+"""The mapper stage: decoded frames -> per-second CLIP features -> segment embeddings.
+
+:func:`decode_chunks` runs in CPU workers: it samples frames at ``frame_rate`` by
+presentation time, fits them to the CLIP input size (shorter side resized, centre crop, as
+open_clip's transform) and yields them in fixed-size chunks, so memory stays bounded
+whatever the video's length. :class:`VideoEncoder` runs where the model is (one per GPU, or
+a CPU actor): it loads CLIP and the projector once and turns a stream of chunks into the
+video's frame features ``(T, D)`` and segment embeddings ``(n, dim)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .decode import DecodeError, VideoProbe, probe_video, sample_frames
+from .sources import VideoSource, content_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """What an encoder needs to build its models; plain values so Ray can ship it."""
+
+    clip_model: str
+    clip_pretrained: str
+    device: str
+    precision: str
+    batch_size: int
+    projector_checkpoint: str
+    segment_length_s: float
+    frame_rate: float
+    chunk_frames: int = 64
+
+    @classmethod
+    def from_config(cls, config: Any) -> "EncoderSettings":
+        return cls(
+            clip_model=config.clip.model,
+            clip_pretrained=config.clip.pretrained,
+            device=config.clip.device,
+            precision=config.clip.precision,
+            batch_size=config.clip.batch_size,
+            projector_checkpoint=config.projector.checkpoint,
+            segment_length_s=config.segments.length_s,
+            frame_rate=config.segments.frame_rate,
+        )
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """What an encoder produces: segment ``dim``, frame feature size, model identities."""
+
+    dim: int
+    feature_dim: int
+    clip: str
+    projector: str
+    random_weights: bool
+    device: str
+
+    @property
+    def feature_model(self) -> str:
+        """Recorded with the collection: vectors of different models never mix."""
+        return f"{self.clip} + {self.projector}"
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    """A finished video: ``frame_features`` ``(T, D)`` float16 at ``frame_rate`` per second,
+    ``embeddings`` ``(ceil(duration / segment_length), dim)`` float32."""
+
+    source: VideoSource
+    duration_s: float
+    source_fps: float | None
+    content_hash: str
+    frame_features: np.ndarray
+    frame_rate: float
+    embeddings: np.ndarray
+    decode_s: float
+    encode_s: float
+
+
+@dataclass(frozen=True)
+class FailedVideo:
+    """A video that could not be ingested; ``error`` says why and what to do."""
+
+    source: VideoSource
+    error: str
+    content_hash: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedVideo:
+    """Unchanged since it was ingested (same content hash)."""
+
+    source: VideoSource
+    content_hash: str
+
+
+def fit_frame(image: np.ndarray) -> np.ndarray:
+    """The centre square of ``(H, W, 3)``, side ``min(H, W)``: ``size`` after the decoder
+    resized the shorter side to it, as CLIP's own transform crops."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return np.ascontiguousarray(image[top : top + side, left : left + side])
+
+
+def decode_chunks(path: str, frame_rate: float, image_size: int, chunk_frames: int) -> Iterator[Any]:
+    """Yield the video's :class:`VideoProbe` first, then ``(n, S, S, 3)`` uint8 chunks of its
+    frames sampled at ``frame_rate``, in time order. Raises :class:`DecodeError`."""
+    probe = probe_video(path)
+    yield probe
+    chunk: list[np.ndarray] = []
+    for frame in sample_frames(path, fps=frame_rate, size=image_size):
+        chunk.append(fit_frame(frame.image))
+        if len(chunk) == chunk_frames:
+            yield np.stack(chunk)
+            chunk = []
+    if chunk:
+        yield np.stack(chunk)
+
+
+class VideoEncoder:
+    """CLIP image tower + visual projector, loaded once. Thread-safe: model calls are
+    serialised, so a threaded actor can overlap one video's decoding with another's encoding."""
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        from spr.models.clip import load_clip
+        from spr.models.projector import load_projectors
+
+        self.settings = settings
+        self.clip = load_clip(settings.clip_model, settings.clip_pretrained, settings.device, settings.precision)
+        self.projectors = load_projectors(
+            settings.projector_checkpoint, self.clip.dim, self.clip.device, clip_model=settings.clip_model
+        )
+        self._lock = threading.Lock()
+
+    @property
+    def info(self) -> EncoderInfo:
+        return EncoderInfo(
+            dim=self.projectors.dim,
+            feature_dim=self.clip.dim,
+            clip=self.clip.identity,
+            projector=self.projectors.identity,
+            random_weights=self.clip.random_weights or not self.projectors.trained,
+            device=self.clip.device,
+        )
+
+    @property
+    def image_size(self) -> int:
+        return self.clip.image_size
+
+    def encode_frames(self, frames: np.ndarray) -> np.ndarray:
+        """``(n, S, S, 3)`` uint8 -> ``(n, D)`` float16 L2-normalised features."""
+        with self._lock:
+            return self.clip.encode_frames(list(frames), self.settings.batch_size).astype(np.float16)
+
+    def encode_video(self, source: VideoSource, probe: VideoProbe, chunks: Iterable[np.ndarray], digest: str) -> EncodedVideo:
+        """Consume a video's frame chunks (from :func:`decode_chunks`) into an :class:`EncodedVideo`."""
+        s = self.settings
+        decode_s = encode_s = 0.0
+        parts = []
+        t = time.perf_counter()
+        for chunk in chunks:
+            t1 = time.perf_counter()
+            decode_s += t1 - t
+            parts.append(self.encode_frames(chunk))
+            t = time.perf_counter()
+            encode_s += t - t1
+        expected = max(1, math.ceil(probe.duration_s * s.frame_rate - 1e-6))
+        if not parts:
+            raise DecodeError(source.path, "no frames could be decoded: the file is empty, corrupt or truncated")
+        features = np.concatenate(parts)
+        if len(features) < expected:
+            # Containers often end a frame early; repeating the last second is honest enough
+            # for a few frames. The decoder itself raises on real truncation.
+            features = np.concatenate([features, np.repeat(features[-1:], expected - len(features), axis=0)])
+        features = features[:expected]
+        t1 = time.perf_counter()
+        with self._lock:
+            embeddings = self.projectors.embed_segments(features, s.frame_rate, s.segment_length_s)
+        encode_s += time.perf_counter() - t1
+        return EncodedVideo(
+            source=source,
+            duration_s=float(probe.duration_s),
+            source_fps=probe.avg_fps,
+            content_hash=digest,
+            frame_features=features,
+            frame_rate=s.frame_rate,
+            embeddings=embeddings,
+            decode_s=decode_s,
+            encode_s=encode_s,
+        )
+
+    def process(self, source: VideoSource, skip_if_hash: str | None = None) -> EncodedVideo | FailedVideo | SkippedVideo:
+        """Hash, decode and encode one video in this process (the inline executor's path)."""
+        try:
+            digest = content_hash(source.path)
+        except OSError as exc:
+            return FailedVideo(source, f"cannot read {source.path}: {exc.strerror or exc}")
+        if skip_if_hash is not None and digest == skip_if_hash:
+            return SkippedVideo(source, digest)
+        try:
+            stream = decode_chunks(source.path, self.settings.frame_rate, self.image_size, self.settings.chunk_frames)
+            probe = next(stream)
+            return self.encode_video(source, probe, stream, digest)
+        except DecodeError as exc:
+            return FailedVideo(source, str(exc), digest)
+        except Exception as exc:  # one bad file must not stop the run
+            log.exception("encoding failed", extra={"video_key": source.key})
+            return FailedVideo(source, f"{type(exc).__name__}: {exc}", digest)

@@ -1,0 +1,138 @@
+"""The reader stage: what to ingest, as :class:`VideoSource` items.
+
+From paths (files, or folders searched recursively for video files) or from a manifest
+(JSONL or CSV with ``path`` or ``uri``, optional ``key`` and ``metadata``). A video's key is
+its stable external name: the manifest's ``key``, else the path relative to the folder it
+was found under, else the file name. Re-running with the same inputs gives the same keys,
+which is what makes re-runs resume instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp", ".ogv"}
+)
+
+
+class SourceError(ValueError):
+    """A path or manifest that cannot be read; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """One video to ingest: ``key`` (catalog name), ``path`` (local file the decoder opens),
+    ``uri`` (recorded in the catalog; the path as a file URI unless the manifest gave one)."""
+
+    key: str
+    path: str
+    uri: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> dict[str, int]:
+        """``{"file_size", "file_mtime_ns"}``: lets a re-run skip an unchanged file without
+        hashing it again."""
+        st = os.stat(self.path)
+        return {"file_size": int(st.st_size), "file_mtime_ns": int(st.st_mtime_ns)}
+
+
+def sources_from_paths(paths: Sequence[str | os.PathLike[str]]) -> list[VideoSource]:
+    """Files as given (whatever their suffix) and video files under folders, sorted by key."""
+    found: dict[str, VideoSource] = {}
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            for file in sorted(path.rglob("*")):
+                if file.is_file() and file.suffix.lower() in VIDEO_SUFFIXES:
+                    _add(found, _source(file.relative_to(path).as_posix(), file))
+        elif path.is_file():
+            _add(found, _source(path.name, path))
+        else:
+            raise SourceError(f"{path} does not exist; give video files or folders that hold them")
+    return sorted(found.values(), key=lambda s: s.key)
+
+
+def sources_from_manifest(manifest: str | os.PathLike[str]) -> list[VideoSource]:
+    """Rows of a JSONL (``.jsonl``/``.json``) or CSV manifest. Relative paths are relative to
+    the manifest's folder."""
+    manifest = Path(manifest).expanduser()
+    if not manifest.is_file():
+        raise SourceError(f"manifest {manifest} does not exist")
+    rows = _read_rows(manifest)
+    found: dict[str, VideoSource] = {}
+    for line, row in rows:
+        where = f"{manifest}:{line}"
+        location = row.get("path") or row.get("uri")
+        if not location:
+            raise SourceError(f"{where}: a row needs 'path' (or a file 'uri'); got keys {sorted(row)}")
+        location = str(location)
+        local = location[len("file://"):] if location.startswith("file://") else location
+        if "://" in local:
+            raise SourceError(
+                f"{where}: {location} is not a local file; stage remote videos to local disk or a mounted "
+                f"volume first (the decoder reads files)"
+            )
+        path = Path(local).expanduser()
+        if not path.is_absolute():
+            path = manifest.parent / path
+        metadata = row.get("metadata") or {}
+        if isinstance(metadata, str):
+            try:
+                metadata = json.loads(metadata) if metadata.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{where}: metadata is not JSON: {exc}") from None
+        if not isinstance(metadata, dict):
+            raise SourceError(f"{where}: metadata must be an object, got {type(metadata).__name__}")
+        key = str(row.get("key") or path.name)
+        uri = str(row.get("uri") or path.resolve().as_uri())
+        _add(found, VideoSource(key, str(path), uri, dict(metadata)), where)
+    return list(found.values())
+
+
+def content_hash(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
+    """``sha256:<hex>`` of the file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(block):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
+
+
+def _source(key: str, path: Path) -> VideoSource:
+    return VideoSource(key, str(path), path.resolve().as_uri())
+
+
+def _add(found: dict[str, VideoSource], source: VideoSource, where: str = "") -> None:
+    other = found.get(source.key)
+    if other is not None and other.path != source.path:
+        raise SourceError(
+            f"{where + ': ' if where else ''}two videos map to key {source.key!r} ({other.path} and {source.path}); "
+            f"give them distinct keys in a manifest"
+        )
+    found[source.key] = source
+
+
+def _read_rows(manifest: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    text = manifest.read_text()
+    if manifest.suffix.lower() == ".csv":
+        return [(i + 2, dict(row)) for i, row in enumerate(csv.DictReader(text.splitlines()))]
+    rows = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{manifest}:{i}: not a JSON object: {exc}") from None
+        if not isinstance(row, dict):
+            raise SourceError(f"{manifest}:{i}: expected a JSON object per line")
+        rows.append((i, row))
+    return rows
