@@ -31,7 +31,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
-    from spr.cli import UsageError
+    from spr.errors import UsageError
 
     from .pipeline import IngestError, run_ingest
     from .sources import SourceError, sources_from_manifest, sources_from_paths

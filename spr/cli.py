@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config
+from .errors import UsageError
 from .logs import configure_logging
 
 log = logging.getLogger("spr")
@@ -26,10 +27,6 @@ log = logging.getLogger("spr")
 # handlers take ``(config, args)`` like the ones below. They must import nothing heavy at
 # module level (``spr version`` should not load torch).
 COMMAND_MODULES = ("ingest.cli", "ingest.importer_cli", "services.cli")
-
-
-class UsageError(Exception):
-    """A problem the user can fix; printed without a traceback."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

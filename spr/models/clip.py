@@ -26,6 +26,7 @@ from ..compat.torchvision_ops import ensure_torchvision_importable
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).with_name("configs")
+RANDOM_INIT_SEED = 0
 _registered = False
 
 
@@ -173,8 +174,14 @@ def load_clip(
                 f"{pretrained!r} is neither a checkpoint file nor a pretrained tag of {model_name} "
                 f"(tags: {', '.join(tags) or 'none'})"
             )
+    import torch
+
     try:
-        model = open_clip.create_model(model_name, pretrained=pretrained or None, precision=precision, device=device)
+        # Random weights come from a fixed seed: an ingest worker and a search service must
+        # build the same random model, or text and frames land in unrelated spaces.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = open_clip.create_model(model_name, pretrained=pretrained or None, precision=precision, device=device)
     except Exception as exc:  # download or checkpoint errors come in many types
         where = "checkpoint file" if pretrained and os.path.isfile(pretrained) else "pretrained tag"
         raise RuntimeError(
