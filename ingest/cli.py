@@ -78,6 +78,7 @@ def _summary_json(s: Any) -> dict[str, Any]:
         "video_seconds": s.video_seconds,
         "frames": s.frames,
         "wall_s": s.wall_s,
+        "startup_s": s.startup_s,
         "video_seconds_per_s": s.video_seconds_per_s,
         "frames_per_s": s.frames_per_s,
         "failures": [{"key": k, "error": e} for k, e in s.failures],
@@ -93,7 +94,7 @@ def _print_summary(s: Any) -> None:
     )
     print(
         f"  {s.segments_written} segments, {s.video_seconds:.0f} video-seconds, {s.frames} frames in {s.wall_s:.1f} s "
-        f"({s.video_seconds_per_s:.1f} video-s/s, {s.frames_per_s:.1f} frames/s)"
+        f"({s.video_seconds_per_s:.1f} video-s/s, {s.frames_per_s:.1f} frames/s; start-up {s.startup_s:.1f} s)"
     )
     if s.encoder is not None:
         print(f"  model: {s.encoder.feature_model} on {s.encoder.device}")

@@ -45,7 +45,8 @@ class IngestSummary:
     segments_written: int = 0
     video_seconds: float = 0.0
     frames: int = 0
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # from the first video submitted to the last published
+    startup_s: float = 0.0  # Ray and model start-up, before that
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, error)
     encoder: EncoderInfo | None = None
 
@@ -105,6 +106,8 @@ def run_ingest(
             videos_total=len(sources),
         )
         summary = IngestSummary(run_id, collection, videos_total=len(sources), encoder=info)
+        t_work = time.perf_counter()
+        summary.startup_s = t_work - t0
         if info.random_weights:
             log.warning(
                 "ingesting with untrained weights: search quality is meaningless until real CLIP weights "
@@ -119,7 +122,7 @@ def run_ingest(
         except BaseException as exc:
             catalog.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
             raise
-        summary.wall_s = time.perf_counter() - t0
+        summary.wall_s = time.perf_counter() - t_work
         catalog.update_run(
             run_id,
             videos_done=summary.videos_done + summary.videos_skipped,

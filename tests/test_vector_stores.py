@@ -268,3 +268,22 @@ def test_milvus_a_new_client_recovers_the_index_spec_from_the_server(milvus_uri,
 def test_milvus_unreachable_server_gives_an_actionable_error():
     with pytest.raises(ConnectionError, match="spr milvus start"):
         MilvusStore("http://127.0.0.1:1", timeout_s=2)
+
+
+def test_a_faiss_reader_picks_up_another_writers_flush_on_refresh(tmp_path):
+    writer = FaissStore(tmp_path / "faiss")
+    writer.create_collection("c", 8, Flat())
+    vectors = l2_normalize(np.random.default_rng(0).standard_normal((3, 8)))
+    writer.upsert("c", np.arange(2), vectors[:2], ["a", "a"])
+    writer.flush("c")
+    reader = FaissStore(tmp_path / "faiss")
+    assert reader.count("c") == 2
+    assert reader.refresh() == []  # nothing new
+    writer.upsert("c", np.array([7]), vectors[2:], ["b"])
+    writer.flush("c")
+    assert reader.count("c") == 2  # a loaded copy does not change under a search...
+    assert reader.refresh() == ["c"]  # ...until the reader refreshes
+    assert reader.count("c") == 3
+    assert reader.search("c", vectors[2], 1).hits(0)[0][0] == 7
+    writer.drop_collection("c")
+    assert reader.refresh() == ["c"] and not reader.has_collection("c")

@@ -86,6 +86,9 @@ class VectorStore(Protocol):
 
     def drop_collection(self, name: str) -> None: ...
 
+    def refresh(self) -> list[str]:
+        """Pick up what other processes flushed (a local store's readers); the names reloaded."""
+
     def close(self) -> None: ...
 
 

@@ -85,6 +85,7 @@ class _Collection:
     key_codes: dict[str, int] = field(default_factory=dict)
     gpu_index: faiss.Index | None = None
     dirty: bool = True
+    generation: str = ""  # the on-disk generation this copy was loaded from or saved as
 
     @property
     def count(self) -> int:
@@ -269,6 +270,27 @@ class FaissStore:
             scores, ids = use.search(queries, k, params=sp)
         return ids, scores
 
+    def refresh(self) -> list[str]:
+        """Reload collections another process flushed since this one loaded them (a search
+        service beside an ingest); returns their names. Collections with unflushed writes of
+        this process are left alone. Costs one small file read per loaded collection."""
+        reloaded = []
+        with self._lock:
+            for name, coll in list(self._collections.items()):
+                if coll.dirty:
+                    continue
+                on_disk = _read_current(self.root / name)
+                if not on_disk:
+                    del self._collections[name]  # dropped elsewhere
+                    reloaded.append(name)
+                elif on_disk != coll.generation:
+                    try:
+                        self._collections[name] = self._load(name)
+                    except FileNotFoundError:
+                        continue  # a writer swapped generations mid-read: next refresh
+                    reloaded.append(name)
+        return reloaded
+
     # -- internals ---------------------------------------------------------------------
 
     def _get(self, name: str) -> _Collection:
@@ -359,6 +381,7 @@ class FaissStore:
             if old.name != gen:
                 shutil.rmtree(old, ignore_errors=True)
         coll.dirty = False
+        coll.generation = gen
 
     def _load(self, name: str) -> _Collection:
         cdir = self.root / name
@@ -388,6 +411,7 @@ class FaissStore:
         )
         self._changed(coll)
         coll.dirty = False
+        coll.generation = current
         return coll
 
 

@@ -174,6 +174,10 @@ class MilvusStore:
         self._client.release_collection(name)
         self._client.load_collection(name, timeout=max(1.0, deadline - time.monotonic()))
 
+    def refresh(self) -> list[str]:
+        """Nothing to do: the server is the one copy every process sees."""
+        return []
+
     def close(self) -> None:
         self._client.close()
 
