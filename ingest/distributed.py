@@ -37,7 +37,13 @@ def start_ray(address: str = "", data_dir: str | os.PathLike[str] = "", num_cpus
     if address:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
         return True
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+        # A local Ray talks to itself over loopback only, never the host's public address.
+        "_node_ip_address": "127.0.0.1",
+    }
     if num_cpus:
         kwargs["num_cpus"] = num_cpus
     if data_dir:

@@ -332,3 +332,40 @@ def test_an_hour_long_video_ingests_on_ray_with_bounded_memory(tmp_path):
     with SegmentCatalog.from_config(config) as catalog:
         video_id = catalog.get_video("hour.mp4").id
     assert FrameFeatureStore.from_config(config).info(video_id)[:3] == (3600, 64, 1.0)
+
+
+def test_ingest_joins_an_existing_ray_cluster_with_ray_address(tmp_path, corpus):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = f"/tmp/spr-ray-test-{uuid.uuid4().hex[:6]}"
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+         "--node-ip-address=127.0.0.1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # A test cluster on loopback; a real one keeps Ray's token auth (RAY_AUTH_TOKEN).
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+    )
+    try:
+        env = {"SPR_DATA_DIR": str(tmp_path / "data"), "SPR_CLIP__MODEL": "spr-tiny", "RAY_AUTH_MODE": "disabled"}
+        deadline = time.monotonic() + 60
+        done = None
+        while time.monotonic() < deadline:
+            done = run_spr("ingest", str(corpus / "a.mp4"), "--ray-address", f"127.0.0.1:{port}", "--json", env=env)
+            if done.returncode == 0 or "Could not" not in done.stderr + done.stdout:
+                break
+            time.sleep(2)  # the head is still starting
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert json.loads(done.stdout)["videos"]["done"] == 1
+        # The head was not ours to stop: it is still there for the next job.
+        assert head.poll() is None
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        subprocess.run(["rm", "-rf", temp])
