@@ -171,8 +171,12 @@ class RefinerConfig:
 
     checkpoint: str = ""
     device: str = "auto"
+    precision: str = "auto"  # "auto" (fp16 on GPU, fp32 on CPU), "fp32", "fp16", "bf16"
     max_batch_proposals: int = 512  # dynamic batching across concurrent queries
     max_wait_ms: float = 2.0
+    # Padded frames per forward pass (proposals x longest): bounds memory on long proposals.
+    max_batch_frames: int = 65536
+    workers: int = 32  # concurrent RPCs
     timeout_ms: float = 2000.0  # the search service's deadline for a refine call
 
 

@@ -20,6 +20,7 @@ import os
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,18 +166,35 @@ class FrameFeatureStore:
                 out.append(FrameFeatures(int(video_id), ds[lo:hi], rate, lo / rate))
             return out
 
-    def read_many(self, requests: Iterable[tuple[int, float, float]]) -> list[FrameFeatures]:
+    def read_many(
+        self, requests: Iterable[tuple[int, float, float]], missing: str = "raise", pool: Executor | None = None
+    ) -> list[FrameFeatures | None]:
         """``[(video_id, start_s, end_s), ...]`` in input order, one file open per distinct video
-        (a query's ~100 proposals come from far fewer videos)."""
+        (a query's ~100 proposals come from far fewer videos). ``missing="none"`` puts None
+        where a video has no features instead of raising :class:`FeatureNotFound`; with
+        ``pool`` videos are read in parallel (an object store's per-request latency)."""
+        if missing not in ("raise", "none"):
+            raise ValueError(f"missing must be 'raise' or 'none', got {missing!r}")
         requests = list(requests)
         by_video: dict[int, list[int]] = defaultdict(list)
         for i, (vid, _, _) in enumerate(requests):
             by_video[int(vid)].append(i)
+
+        def read_video(vid: int) -> list[FrameFeatures] | None:
+            try:
+                return self.read_spans(vid, [(requests[i][1], requests[i][2]) for i in by_video[vid]])
+            except FeatureNotFound:
+                if missing == "raise":
+                    raise
+                return None
+
+        videos = list(by_video)
+        results = list(pool.map(read_video, videos)) if pool is not None and len(videos) > 1 else map(read_video, videos)
         out: list[FrameFeatures | None] = [None] * len(requests)
-        for vid, idx in by_video.items():
-            for i, feats in zip(idx, self.read_spans(vid, [(requests[i][1], requests[i][2]) for i in idx])):
+        for vid, spans in zip(videos, results):
+            for i, feats in zip(by_video[vid], spans or ()):
                 out[i] = feats
-        return out  # type: ignore[return-value]
+        return out
 
     def info(self, video_id: int) -> tuple[int, int, float, str]:
         """``(T, D, rate, model)`` without reading the features."""

@@ -46,6 +46,15 @@ def register_model_config(path: str | os.PathLike[str]) -> None:
     _open_clip().add_model_config(Path(path))
 
 
+def clip_feature_dim(model_name: str) -> int:
+    """The joint embedding size of open_clip model ``model_name`` from its architecture config,
+    without building it."""
+    cfg = _open_clip().get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f"unknown open_clip model {model_name!r} (clip.model); cannot tell its feature size")
+    return int(cfg["embed_dim"])
+
+
 def resolve_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``."""
     import torch
