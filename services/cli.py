@@ -1,5 +1,243 @@
-"""Placeholder: subcommands land here."""
+"""``spr serve`` (the search service and the refiner) and ``spr search`` (a query from the shell).
+
+Nothing heavy is imported at module level: ``spr version`` must not load grpc or torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+# Seconds in-flight calls get to finish on shutdown.
+SHUTDOWN_GRACE_S = 5.0
+# Addresses a server binds to that a client cannot dial: use loopback instead.
+_WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]")
 
 
-def add_commands(sub) -> None:
-    pass
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the search service and the refiner (gRPC, services.host) until Ctrl-C or SIGTERM",
+        description="Start the refiner and the search service on services.host (loopback by default) "
+        "and serve until interrupted. Ports default to services.search_port and services.refiner_port; "
+        "0 picks free ones (printed at start-up).",
+    )
+    p.add_argument("--search-port", type=int, metavar="PORT", help="search service port (default: services.search_port)")
+    p.add_argument("--refiner-port", type=int, metavar="PORT", help="refiner port (default: services.refiner_port)")
+    p.add_argument("--no-refiner", action="store_true", help="serve coarse proposals only, without a refiner")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser(
+        "search",
+        help="search moments with a text query through a running search service",
+        description="Send one text query to the search service (`spr serve`) and print the ranked moments.",
+    )
+    p.add_argument("text", help="the query, e.g. \"a man opens a door\"")
+    p.add_argument("--k", type=int, default=10, metavar="N", help="moments to return (1..1000, default 10)")
+    p.add_argument("--collection", default="", help="collection to search (default: vectors.collection)")
+    p.add_argument("--no-refine", action="store_true", help="return the coarse proposals without refinement")
+    p.add_argument("--nprobe", type=int, default=0, metavar="N", help="IVF lists to probe (default: the index's)")
+    p.add_argument("--video", action="append", default=[], metavar="KEY", help="only this video (repeatable)")
+    p.add_argument(
+        "--meta", action="append", default=[], metavar="KEY=VALUE", help="only videos with this metadata (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
+    p.add_argument("--target", metavar="HOST:PORT", help="search service address (default: services.host:search_port)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="deadline of the call in seconds (default 30)")
+    p.set_defaults(handler=cmd_search)
+
+
+# -- spr serve ----------------------------------------------------------------------------------
+
+
+def cmd_serve(config: Any, args: argparse.Namespace) -> int:
+    from services.search import serve_search
+
+    host = config.services.host
+    refiner_server = None
+    refiner_target = config.services.refiner_target or None
+    if refiner_target:
+        _say(f"refiner  remote at {refiner_target}")
+    elif not args.no_refiner:
+        from refiner.service import serve_refiner
+
+        refiner_port = config.services.refiner_port if args.refiner_port is None else args.refiner_port
+        refiner_server, bound_refiner = serve_refiner(config, port=refiner_port)
+        refiner_target = f"{dialable_host(host)}:{bound_refiner}"
+        _say(f"refiner  listening on {host}:{bound_refiner}")
+    try:
+        search_server, bound_search = serve_search(config, port=args.search_port, refiner_target=refiner_target)
+    except BaseException:
+        if refiner_server is not None:
+            refiner_server.stop(0)
+        raise
+    _say(f"search   listening on {host}:{bound_search}" + ("" if refiner_target else "  (no refiner: coarse results)"))
+    _say("press Ctrl-C (or send SIGTERM) to stop")
+    _wait_for_stop_signal()
+    _say("shutting down: finishing in-flight calls")
+    search_server.stop(SHUTDOWN_GRACE_S).wait()
+    if refiner_server is not None:
+        refiner_server.stop(SHUTDOWN_GRACE_S).wait()
+    _say("stopped")
+    return 0
+
+
+def _wait_for_stop_signal() -> None:
+    """Block until SIGINT or SIGTERM; the previous handlers are restored afterwards."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        # A timed wait keeps the main thread returning to the interpreter, where signal
+        # handlers run.
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _say(line: str) -> None:
+    # stdout, flushed: scripts (and tests) read the bound ports from it while the server runs.
+    print(line, flush=True)
+
+
+# -- spr search ---------------------------------------------------------------------------------
+
+
+def cmd_search(config: Any, args: argparse.Namespace) -> int:
+    import grpc
+
+    from services.client import SearchClient
+    from spr.errors import UsageError
+
+    metadata = _parse_meta(args.meta)
+    target = args.target or f"{dialable_host(config.services.host)}:{config.services.search_port}"
+    try:
+        with SearchClient(target, config.security, timeout_s=args.timeout) as client:
+            response = client.search(
+                text=args.text,
+                top_k=args.k,
+                collection=args.collection,
+                nprobe=args.nprobe,
+                video_keys=args.video,
+                metadata=metadata,
+                refine=False if args.no_refine else None,
+            )
+    except grpc.RpcError as exc:
+        message = _rpc_error_message(exc, target)
+        if message is None:
+            # The service's own failure (INTERNAL, ...): its message names the incident to look
+            # up in its log; a client-side traceback would only add noise.
+            print(f"spr: error: the search service failed with {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        raise UsageError(message) from None
+    if args.json:
+        print(json.dumps(response_json(response), indent=2))
+    else:
+        print_response(response)
+    return 0
+
+
+def _parse_meta(pairs: list[str]) -> dict[str, str]:
+    from spr.errors import UsageError
+
+    metadata = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--meta takes KEY=VALUE, got {pair!r}")
+        metadata[key] = value
+    return metadata
+
+
+def _rpc_error_message(exc: Any, target: str) -> str | None:
+    """A one-line message for failures the user can act on; None for the service's own errors."""
+    import grpc
+
+    code = exc.code()
+    details = (exc.details() or "").strip()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        why = details.splitlines()[0] if details else "unavailable"
+        return f"no search service at {target}; start one with `spr serve` ({why})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"the search service at {target} did not answer in time; try a larger --timeout"
+    if code in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNAUTHENTICATED,
+    ):
+        return details or code.name.lower()
+    return None
+
+
+def dialable_host(host: str) -> str:
+    """The address a local client dials for a server bound to ``host`` (wildcards -> loopback)."""
+    return "127.0.0.1" if host in _WILDCARD_HOSTS else host
+
+
+def print_response(response: Any) -> None:
+    """The moments as a table, then the flags, per-stage timings and a random-weights note."""
+    from spr.cli import hms
+
+    moments = list(response.moments)
+    if not moments:
+        print(f"no moments found in collection {response.collection!r}")
+    else:
+        width = min(40, max(5, *(len(m.video_key) for m in moments)))
+        print(f"{'#':>3}  {'video':<{width}}  {'start':>10}  {'end':>10}  {'score':>7}  {'coarse':>6}")
+        for rank, m in enumerate(moments):
+            video = m.video_key if len(m.video_key) <= width else m.video_key[: width - 1] + "…"
+            print(
+                f"{rank:>3}  {video:<{width}}  {hms(m.start_s):>10}  {hms(m.end_s):>10}  "
+                f"{m.score:>7.3f}  {m.coarse_rank:>6}"
+            )
+    state = "refined" if response.refined else "coarse (not refined)"
+    if response.degraded:
+        state = f"DEGRADED: coarse proposals only ({response.degraded_reason})"
+    print(
+        f"\n{state}; {response.segments_retrieved} segments -> {response.proposals} proposals "
+        f"in collection {response.collection!r}"
+    )
+    order = ("embed", "filter", "ann", "catalog", "proposals", "refine", "total")
+    timings = dict(response.timings_ms)
+    shown = [k for k in order if k in timings] + sorted(set(timings) - set(order))
+    print("timings: " + ", ".join(f"{k} {timings[k]:.1f} ms" for k in shown))
+    if response.random_weights:
+        print(
+            "note: the service runs with untrained or random weights (CLIP, projector or refiner): "
+            "rankings are not meaningful"
+        )
+
+
+def response_json(response: Any) -> dict[str, Any]:
+    """The response as plain JSON types, field names as in the proto."""
+    return {
+        "collection": response.collection,
+        "refined": response.refined,
+        "degraded": response.degraded,
+        "degraded_reason": response.degraded_reason,
+        "random_weights": response.random_weights,
+        "segments_retrieved": response.segments_retrieved,
+        "proposals": response.proposals,
+        "timings_ms": dict(response.timings_ms),
+        "moments": [
+            {
+                "rank": rank,
+                "video_key": m.video_key,
+                "uri": m.uri,
+                "start_s": m.start_s,
+                "end_s": m.end_s,
+                "score": m.score,
+                "coarse_rank": m.coarse_rank,
+                "coarse_start_s": m.coarse_start_s,
+                "coarse_end_s": m.coarse_end_s,
+                "video_duration_s": m.video_duration_s,
+            }
+            for rank, m in enumerate(response.moments)
+        ],
+    }

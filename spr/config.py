@@ -114,6 +114,9 @@ class ServicesConfig:
     host: str = "127.0.0.1"
     search_port: int = 50051
     refiner_port: int = 50052
+    # host:port of a refiner run elsewhere (a cluster's refiner Service). Empty: `spr serve`
+    # starts one beside the search service.
+    refiner_target: str = ""
 
 
 @dataclass(frozen=True)

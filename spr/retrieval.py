@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .catalog import SegmentCatalog
+from .catalog import SegmentCatalog, SegmentLocation
 from .proposals import AdjacentOnly, GapRule, Proposal, RetrievedSegment, pad_proposals, propose_moments
 from .stores import SearchParams, VectorStore
 
@@ -22,12 +22,19 @@ from .stores import SearchParams, VectorStore
 @dataclass(frozen=True)
 class CoarseResult:
     """``proposals`` best first, unpadded; ``padded`` the same widened by tau_C; per-stage
-    ``timings_ms`` (``ann``, ``catalog``, ``proposals``); ``segments`` the visible hits."""
+    ``timings_ms`` (``ann``, ``catalog``, ``proposals``); ``segments`` the visible hits;
+    ``locations`` their catalog rows by segment id (the video's catalog id and URI, which
+    the refiner needs and a :class:`Proposal` does not carry)."""
 
     proposals: list[Proposal]
     padded: list[Proposal]
     segments: list[RetrievedSegment]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    locations: dict[int, SegmentLocation] = field(default_factory=dict)
+
+    def location_of(self, proposal: Proposal) -> SegmentLocation:
+        """The catalog row of ``proposal``'s first segment: its video's id and URI."""
+        return self.locations[proposal.segment_ids[0]]
 
 
 def retrieve_proposals(
@@ -67,4 +74,4 @@ def retrieve_proposals(
     padded = pad_proposals(proposals, pad_s)
     t3 = time.perf_counter()
     timings = {"ann": (t1 - t0) * 1e3, "catalog": (t2 - t1) * 1e3, "proposals": (t3 - t2) * 1e3}
-    return CoarseResult(proposals, padded, segments, timings)
+    return CoarseResult(proposals, padded, segments, timings, locations)

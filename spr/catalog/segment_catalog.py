@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-from sqlalchemy import ARRAY, BigInteger, Select, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy import ARRAY, BigInteger, Select, Text, any_, bindparam, case, cast, delete, func, insert, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -193,6 +193,23 @@ class SegmentCatalog:
         with self._engine.connect() as conn:
             counts.update({status: n for status, n in conn.execute(stmt)})
         return counts
+
+    def video_keys_matching(self, metadata: Mapping[str, str], ready_only: bool = True) -> list[str]:
+        """Keys of the videos whose metadata holds every ``key: value`` pair, sorted; with
+        ``ready_only`` only ``ready`` videos. An empty ``metadata`` matches every video.
+
+        Values compare as text: a stored string must equal the value, a stored number or
+        boolean matches its JSON spelling (``3``, ``2.5``, ``true``) on both dialects. Keys
+        must be non-empty and free of double quotes (they become JSON paths)."""
+        stmt = select(videos.c.key).order_by(videos.c.key)
+        for key, value in metadata.items():
+            if not key or '"' in key:
+                raise ValueError(f"metadata keys must be non-empty and contain no double quote, got {key!r}")
+            stmt = stmt.where(_metadata_text(self.dialect, key) == str(value))
+        if ready_only:
+            stmt = stmt.where(videos.c.status == VideoStatus.READY.value)
+        with self._reader.connect() as conn:
+            return [key for (key,) in conn.execute(stmt)]
 
     def _set_status(self, video_id: int, status: VideoStatus, error: str | None) -> None:
         stmt = update(videos).where(videos.c.id == int(video_id)).values(status=status.value, error=error)
@@ -420,6 +437,22 @@ def _lookup_statement(dialect: str) -> Select[Any]:
         .where(id_filter)
     )
     return stmt
+
+
+def _metadata_text(dialect: str, key: str) -> Any:
+    """The text of top-level metadata field ``key`` as PostgreSQL's ``->>`` spells it (NULL
+    when absent), on either dialect."""
+    if dialect == "postgresql":
+        return videos.c.metadata[key].as_string()
+    # SQLite's json_extract returns SQL values: booleans become 1/0 and numbers lose their
+    # JSON spelling under a plain comparison, so rebuild the text ``->>`` would give.
+    path = f'$."{key}"'
+    kind = func.json_type(videos.c.metadata, path)
+    return case(
+        (kind == "true", literal("true")),
+        (kind == "false", literal("false")),
+        else_=cast(func.json_extract(videos.c.metadata, path), Text),
+    )
 
 
 def _segment_arrays(ordinals: Any, start_s: Any, end_s: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
