@@ -1,5 +1,143 @@
-"""Placeholder: subcommands land here."""
+"""``spr import``: publish precomputed features (TVR HDF5, moment_detr .npy/.npz) or
+ready-made segment embeddings. The work is in :mod:`ingest.importer`, imported on use so that
+building the parser loads neither torch nor h5py."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+# Failures listed one per line in the text summary; the rest are counted (--json has all).
+_SHOWN_FAILURES = 20
+_SHOWN_KEYS = 10
 
 
-def add_commands(sub) -> None:
-    pass
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "import",
+        help="import precomputed features (HDF5 or .npy/.npz) through the projector into a collection",
+        description="Import precomputed per-clip features, or ready-made segment embeddings (--segments), "
+        "into a collection: segments, projector, catalog, vector store and feature store, as video ingest "
+        "does. Re-running is idempotent: unchanged videos are skipped, changed ones replaced. Exit code 1 "
+        "when some videos failed (the summary says why), 2 when the import cannot start.",
+    )
+    p.add_argument(
+        "features",
+        metavar="FEATURES",
+        help="an HDF5 file with one (T, D) dataset per video (TVR / ReLoCLNet), or a directory of "
+        "<video>.npy / <video>.npz files (moment_detr / lighthouse)",
+    )
+    p.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="JSONL or CSV with each video's key (key / video_id / vid_name / vid), duration in seconds, "
+        "optional uri and metadata",
+    )
+    p.add_argument(
+        "--clip-length",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds each feature row covers (default 1.0; TVR's I3D/RoBERTa features: 1.5)",
+    )
+    p.add_argument("--collection", help="target collection (default: vectors.collection)")
+    p.add_argument(
+        "--segments",
+        action="store_true",
+        help="the arrays are ready-made (n_segments, dim) segment embeddings, one per segments.length_s "
+        "segment: published as they are, without the projector or the feature store",
+    )
+    p.add_argument(
+        "--dataset-key",
+        metavar="K",
+        help="array name inside each .npz file (or HDF5 group); default: its only array, else 'features'",
+    )
+    p.add_argument(
+        "--duration-from-features",
+        action="store_true",
+        help="a video missing from the manifest lasts T * clip length seconds instead of failing",
+    )
+    p.add_argument("--force", action="store_true", help="re-import videos even when unchanged")
+    p.add_argument(
+        "--feature-model",
+        metavar="NAME",
+        default="",
+        help="what produced the features (e.g. 'ViT-B-32/openai', 'i3d+roberta'); recorded with the "
+        "collection, whose vectors must all come from one model (default: imported:<FEATURES name>)",
+    )
+    p.add_argument(
+        "--progress-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="print a progress line to stderr every N videos (default 100; 0: never)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=cmd_import)
+
+
+def cmd_import(config: Any, args: argparse.Namespace) -> int:
+    from spr.cli import UsageError
+
+    from .importer import ImportInputError, ImportOptions, import_features
+
+    if args.progress_every < 0:
+        raise UsageError("--progress-every must be 0 or more")
+    options = ImportOptions(
+        collection=args.collection,
+        clip_length_s=args.clip_length,
+        segments=args.segments,
+        dataset_key=args.dataset_key,
+        duration_from_features=args.duration_from_features,
+        force=args.force,
+        feature_model=args.feature_model,
+        progress_every=args.progress_every,
+    )
+    try:
+        summary = import_features(config, args.features, args.manifest, options, progress=_print_progress)
+    except ImportInputError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    else:
+        print(format_summary(summary))
+    return 1 if summary.failed else 0
+
+
+def _print_progress(p: Any) -> None:
+    rate = p.processed / p.elapsed_s if p.elapsed_s > 0 else 0.0
+    left = (p.total - p.processed) / rate if rate > 0 else float("nan")
+    eta = f"{int(left) // 60}:{int(left) % 60:02d}" if left == left else "--:--"
+    print(
+        f"import {p.processed}/{p.total} videos ({p.imported} imported, {p.skipped} skipped, {p.failed} failed) "
+        f"| {rate:.1f} videos/s | ETA {eta}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def format_summary(s: Any) -> str:
+    """The text summary ``spr import`` prints."""
+    lines = [
+        f"import run {s.run_id} into {s.collection!r} ({s.mode}"
+        + (f", {s.dim}-d, {s.embedder}" if s.dim else "")
+        + f"): {len(s.imported)} imported, {len(s.skipped)} skipped, {len(s.failed)} failed; "
+        f"{s.segments_written} segments written in {s.seconds:.1f} s"
+    ]
+    if s.failed:
+        lines.append("failed:")
+        for key, why in list(s.failed.items())[:_SHOWN_FAILURES]:
+            lines.append(f"  {key}: {why}")
+        if len(s.failed) > _SHOWN_FAILURES:
+            lines.append(f"  ... and {len(s.failed) - _SHOWN_FAILURES} more (--json lists all)")
+    for label, keys in (
+        ("in the features but not in the manifest", s.not_in_manifest),
+        ("in the manifest but without features (not imported)", s.not_in_features),
+    ):
+        if keys:
+            more = f", ... ({len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+            shown = ", ".join(keys[:_SHOWN_KEYS]) + more
+            lines.append(f"{label} ({len(keys)}): {shown}")
+    return "\n".join(lines)

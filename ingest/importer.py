@@ -1,0 +1,945 @@
+"""``spr import``: precomputed features into the catalog, the vector store and the feature store.
+
+Public releases ship features, not videos: TVR / ReLoCLNet put one ``(T, D)`` dataset per
+video in an HDF5 file (I3D and RoBERTa features of 1.5-s clips), moment_detr / lighthouse a
+directory of ``<video>.npy`` or ``<video>.npz`` files. A manifest (JSONL or CSV) gives each
+video's duration. Import runs them through the same path as video ingest: fixed-length
+segments (:mod:`spr.segments`), the projector (:mod:`spr.models.projector`; mean pooling
+without a checkpoint) and the two-store protocol of :func:`spr.publish.publish_videos`, with
+the features kept in the frame-feature store for the refiner. ``segments`` mode takes
+ready-made segment embeddings instead and publishes them as they are.
+
+A feature row ``i`` covers ``[i / rate, (i + 1) / rate)`` seconds. Each segment pools the
+rows that overlap it in time, so 1.5-s clips land in the right 4-s segments even though the
+two grids do not line up (a clip straddling a boundary counts in both segments).
+
+Re-running is idempotent: keys keep their ids, segments and vectors are replaced, and a video
+that is ``ready`` with the same content hash (the feature bytes and rate), duration, uri,
+collection and embedder is skipped unless ``force``. One bad video (wrong shape, NaN, no
+duration) is recorded ``failed`` with the reason and the import goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from spr.catalog import SegmentCatalog, VideoStatus
+from spr.config import Config
+from spr.features import FrameFeatureStore, span_rows
+from spr.publish import VideoPayload, publish_videos
+from spr.segments import segment_bounds, segment_count
+from spr.stores import VectorStore, index_spec_from_config, index_spec_to_dict, l2_normalize, open_vector_store
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ArrayDirectorySource",
+    "Hdf5Source",
+    "ImportInputError",
+    "ImportOptions",
+    "ImportProgress",
+    "ImportSummary",
+    "ImportedVideo",
+    "Manifest",
+    "ManifestEntry",
+    "RejectedVideo",
+    "content_hash",
+    "embed_features",
+    "import_features",
+    "open_source",
+    "read_array_directory",
+    "read_hdf5",
+    "read_manifest",
+    "read_videos",
+    "segment_row_ranges",
+]
+
+KEY_COLUMNS = ("key", "video_id", "vid_name", "vid")
+DEFAULT_ARRAY_KEY = "features"
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+ARRAY_SUFFIXES = (".npy", ".npz")
+# How far (beyond one segment) the features' span may differ from the manifest duration: a
+# decoder that dropped a few frames of an hour is fine, a wrong --clip-length is not.
+COVERAGE_TOLERANCE = 0.01
+MAX_KEY_BYTES = 512  # the catalog's and Milvus's limit
+FLOAT16_MAX = 65504.0  # the feature store keeps float16
+# Videos whose features are read before the collection's dimension is fixed: the most common
+# dimension among them wins, so one odd file first in the listing cannot fail all the others.
+_DIM_VOTERS = 8
+_BATCH_BYTES = 256 << 20  # features and embeddings queued for one publish
+
+
+class ImportInputError(ValueError):
+    """The import cannot start (missing file, unreadable manifest, incompatible collection);
+    the message says what to fix."""
+
+
+# --- what readers yield ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportedVideo:
+    """One video's features: ``features`` ``(T, D)`` float32 at ``rate`` rows per second (in
+    segments mode ``(n_seg, dim)`` segment embeddings, ``rate = 1 / segment length``)."""
+
+    key: str
+    features: np.ndarray
+    rate: float
+    duration_s: float
+    uri: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RejectedVideo:
+    """A video that cannot be imported; ``error`` says why and what to do."""
+
+    key: str
+    error: str
+    uri: str = ""
+    duration_s: float | None = None
+
+
+# --- manifests ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    key: str
+    duration_s: float | None  # None: the row's duration is missing or unusable (see problem)
+    uri: str | None
+    metadata: dict[str, Any]
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: str
+    entries: dict[str, ManifestEntry]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def get(self, key: str) -> ManifestEntry | None:
+        return self.entries.get(key)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Durations (and optional ``uri``, ``metadata``) per video from JSONL or CSV.
+
+    The key column is the first of ``key``, ``video_id``, ``vid_name``, ``vid`` a row has;
+    ``duration`` is in seconds. Annotation files with one row per query work too: rows of one
+    video must agree on duration and uri, else that video is rejected (the others are fine)."""
+    manifest = Path(path).expanduser()
+    if not manifest.is_file():
+        raise ImportInputError(f"manifest {manifest} does not exist")
+    entries: dict[str, ManifestEntry] = {}
+    for line, row in _manifest_rows(manifest):
+        key = next((str(row[c]).strip() for c in KEY_COLUMNS if row.get(c) not in (None, "")), "")
+        if not key:
+            raise ImportInputError(
+                f"{manifest}:{line}: a row needs a video key in one of the columns {', '.join(KEY_COLUMNS)}; "
+                f"got {sorted(row)}"
+            )
+        entry = _manifest_entry(key, row)
+        previous = entries.get(key)
+        if previous is not None:
+            entry = _merge_rows(previous, entry, f"{manifest}:{line}")
+        entries[key] = entry
+    return Manifest(str(manifest), entries)
+
+
+def _manifest_rows(manifest: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        text = manifest.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ImportInputError(f"cannot read manifest {manifest}: {exc}") from None
+    suffix = manifest.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
+        for i, row in enumerate(reader, start=2):
+            yield i, {k.strip(): v for k, v in row.items() if k is not None}
+        return
+    if text.lstrip().startswith("["):  # a JSON array of rows: accepted as a courtesy
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ImportInputError(f"{manifest}: not valid JSON: {exc}") from None
+        for i, row in enumerate(rows, start=1):
+            if not isinstance(row, dict):
+                raise ImportInputError(f"{manifest}: item {i} is not a JSON object")
+            yield i, row
+        return
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ImportInputError(f"{manifest}:{i}: not a JSON object ({exc}); manifests are JSONL or CSV") from None
+        if not isinstance(row, dict):
+            raise ImportInputError(f"{manifest}:{i}: expected a JSON object per line")
+        yield i, row
+
+
+def _manifest_entry(key: str, row: dict[str, Any]) -> ManifestEntry:
+    uri = str(row["uri"]).strip() if row.get("uri") not in (None, "") else None
+    metadata = row.get("metadata") or {}
+    if isinstance(metadata, str):
+        try:
+            metadata = json.loads(metadata) if metadata.strip() else {}
+        except json.JSONDecodeError:
+            metadata = {"metadata": metadata}
+    if not isinstance(metadata, dict):
+        metadata = {"metadata": metadata}
+    raw = row.get("duration")
+    if raw in (None, ""):
+        return ManifestEntry(key, None, uri, metadata, "its manifest row has no 'duration'")
+    try:
+        duration = float(raw)
+    except (TypeError, ValueError):
+        return ManifestEntry(key, None, uri, metadata, f"its manifest duration {raw!r} is not a number of seconds")
+    if not (duration > 0 and math.isfinite(duration)):
+        problem = f"its manifest duration {raw!r} is not a positive number of seconds"
+        return ManifestEntry(key, None, uri, metadata, problem)
+    return ManifestEntry(key, duration, uri, metadata)
+
+
+def _merge_rows(first: ManifestEntry, other: ManifestEntry, where: str) -> ManifestEntry:
+    if first.problem:
+        return first
+    if other.problem:
+        return other
+    if abs(first.duration_s - other.duration_s) > 1e-3:
+        return ManifestEntry(
+            first.key, None, first.uri, first.metadata,
+            f"the manifest gives it two durations, {first.duration_s} s and {other.duration_s} s ({where})",
+        )
+    if other.uri is not None and first.uri is not None and other.uri != first.uri:
+        return ManifestEntry(
+            first.key, None, first.uri, first.metadata,
+            f"the manifest gives it two uris, {first.uri} and {other.uri} ({where})",
+        )
+    return ManifestEntry(first.key, first.duration_s, first.uri or other.uri, first.metadata)
+
+
+# --- feature sources ------------------------------------------------------------------------
+
+
+class FeatureSource(Protocol):
+    """Arrays by video key. ``load`` may raise ``ValueError``/``KeyError``/``OSError`` for one
+    bad entry; the import rejects that video and goes on."""
+
+    path: Path
+
+    def keys(self) -> list[str]: ...
+
+    def load(self, key: str) -> np.ndarray: ...
+
+    def uri(self, key: str) -> str: ...
+
+    def close(self) -> None: ...
+
+
+class Hdf5Source:
+    """TVR / ReLoCLNet layout: one ``(T, D)`` dataset per video at the file's top level (or a
+    group per video holding one dataset, ``features`` or ``dataset_key``)."""
+
+    def __init__(self, path: Path, dataset_key: str | None = None) -> None:
+        import h5py
+
+        self.path = path
+        self.dataset_key = dataset_key
+        try:
+            self._h5 = h5py.File(path, "r")
+        except OSError as exc:
+            raise ImportInputError(f"cannot read {path} as HDF5: {exc}") from None
+
+    def keys(self) -> list[str]:
+        return sorted(self._h5.keys())
+
+    def load(self, key: str) -> np.ndarray:
+        import h5py
+
+        entry = self._h5[key]
+        if isinstance(entry, h5py.Group):
+            names = [n for n in entry.keys() if isinstance(entry[n], h5py.Dataset)]
+            entry = entry[_pick_array(names, self.dataset_key, f"group {key!r} of {self.path.name}")]
+        return np.asarray(entry[()])
+
+    def uri(self, key: str) -> str:
+        return f"{self.path.resolve().as_uri()}#{key}"
+
+    def close(self) -> None:
+        self._h5.close()
+
+
+class ArrayDirectorySource:
+    """moment_detr / lighthouse layout: ``<video>.npy``, or ``<video>.npz`` holding the array
+    under ``dataset_key`` (default: its only array, else ``features``). Key = file stem."""
+
+    def __init__(self, directory: Path, dataset_key: str | None = None) -> None:
+        self.path = directory
+        self.dataset_key = dataset_key
+        self._files: dict[str, list[Path]] = {}
+        for file in sorted(directory.iterdir()):
+            if file.is_file() and file.suffix.lower() in ARRAY_SUFFIXES:
+                self._files.setdefault(file.stem, []).append(file)
+        if not self._files:
+            raise ImportInputError(f"{directory} holds no .npy or .npz files")
+
+    def keys(self) -> list[str]:
+        return sorted(self._files)
+
+    def load(self, key: str) -> np.ndarray:
+        files = self._files[key]
+        if len(files) > 1:
+            raise ValueError(f"both {' and '.join(f.name for f in files)} exist; keep one per video")
+        file = files[0]
+        if file.suffix.lower() == ".npy":
+            if self.dataset_key:
+                raise ValueError(f"{file.name} is a plain .npy array; --dataset-key applies to .npz files only")
+            return np.load(file, allow_pickle=False)
+        with np.load(file, allow_pickle=False) as npz:
+            return np.asarray(npz[_pick_array(list(npz.files), self.dataset_key, file.name)])
+
+    def uri(self, key: str) -> str:
+        return self._files[key][0].resolve().as_uri()
+
+    def close(self) -> None:
+        pass
+
+
+def _pick_array(names: Sequence[str], wanted: str | None, where: str) -> str:
+    if wanted:
+        if wanted not in names:
+            raise KeyError(f"{where} has no array {wanted!r} (it holds {', '.join(sorted(names)) or 'none'})")
+        return wanted
+    if len(names) == 1:
+        return names[0]
+    if DEFAULT_ARRAY_KEY in names:
+        return DEFAULT_ARRAY_KEY
+    raise KeyError(f"{where} holds several arrays ({', '.join(sorted(names))}); choose one with --dataset-key")
+
+
+def open_source(path: str | os.PathLike[str], dataset_key: str | None = None) -> FeatureSource:
+    """An HDF5 file (by suffix or signature) or a directory of .npy/.npz files."""
+    source = Path(path).expanduser()
+    if source.is_dir():
+        return ArrayDirectorySource(source, dataset_key)
+    if not source.exists():
+        raise ImportInputError(f"features {source} do not exist; give an HDF5 file or a directory of .npy/.npz files")
+    if source.suffix.lower() in HDF5_SUFFIXES or _looks_like_hdf5(source):
+        return Hdf5Source(source, dataset_key)
+    raise ImportInputError(
+        f"features {source} are neither an HDF5 file nor a directory; give an HDF5 file (one dataset per video) "
+        f"or a directory of <video>.npy / <video>.npz files"
+    )
+
+
+def _looks_like_hdf5(path: Path) -> bool:
+    import h5py
+
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
+
+
+# --- readers --------------------------------------------------------------------------------
+
+
+def read_videos(
+    source: FeatureSource,
+    manifest: Manifest | None,
+    rate: float,
+    duration_from_features: bool = False,
+    keys: Sequence[str] | None = None,
+) -> Iterator[ImportedVideo | RejectedVideo]:
+    """Each video of ``source`` (or only ``keys``) with its manifest duration, in key order.
+
+    ``rate`` is rows per second (``1 / clip length``). A video missing from the manifest is
+    rejected, unless ``duration_from_features`` (then duration = ``T / rate``)."""
+    for key in source.keys() if keys is None else keys:
+        entry = manifest.get(key) if manifest is not None else None
+        uri = (entry.uri if entry is not None else None) or source.uri(key)
+        try:
+            array = source.load(key)
+        except (ValueError, KeyError, OSError) as exc:
+            duration = entry.duration_s if entry is not None else None
+            yield RejectedVideo(key, f"cannot read its features: {_reason(exc)}", uri, duration)
+            continue
+        if entry is not None and entry.problem:
+            yield RejectedVideo(key, entry.problem, uri)
+            continue
+        if entry is not None:
+            duration = entry.duration_s
+        elif duration_from_features:
+            duration = (array.shape[0] if array.ndim >= 1 else 0) / rate
+        else:
+            where = f"the manifest {manifest.path}" if manifest is not None else "no manifest (none was given)"
+            yield RejectedVideo(
+                key, f"no duration: the video is not in {where}; add it there or pass --duration-from-features", uri
+            )
+            continue
+        yield ImportedVideo(key, array, rate, float(duration), uri, dict(entry.metadata) if entry else {})
+
+
+def read_hdf5(
+    path: str | os.PathLike[str],
+    manifest: Manifest | None,
+    clip_length_s: float = 1.0,
+    dataset_key: str | None = None,
+    duration_from_features: bool = False,
+) -> Iterator[ImportedVideo | RejectedVideo]:
+    """The videos of a TVR-style HDF5 file of per-clip features (``clip_length_s`` each)."""
+    source = Hdf5Source(Path(path).expanduser(), dataset_key)
+    try:
+        yield from read_videos(source, manifest, 1.0 / clip_length_s, duration_from_features)
+    finally:
+        source.close()
+
+
+def read_array_directory(
+    path: str | os.PathLike[str],
+    manifest: Manifest | None,
+    clip_length_s: float = 1.0,
+    dataset_key: str | None = None,
+    duration_from_features: bool = False,
+) -> Iterator[ImportedVideo | RejectedVideo]:
+    """The videos of a directory of ``<video>.npy`` / ``<video>.npz`` files."""
+    source = ArrayDirectorySource(Path(path).expanduser(), dataset_key)
+    yield from read_videos(source, manifest, 1.0 / clip_length_s, duration_from_features)
+
+
+def _reason(exc: BaseException) -> str:
+    # KeyError's str() is the repr of its argument: quotes around a whole sentence.
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return str(text) if text else type(exc).__name__
+
+
+# --- segment embeddings ---------------------------------------------------------------------
+
+
+def segment_row_ranges(n_rows: int, rate: float, duration_s: float, segment_length_s: float) -> np.ndarray:
+    """For each fixed-length segment of a ``duration_s`` video, the rows ``[lo, hi)`` of its
+    ``(n_rows, D)`` features (``rate`` rows per second) that overlap it in time: shape
+    ``(n_seg, 2)`` int64, at least one row per segment."""
+    bounds = segment_bounds(duration_s, segment_length_s)
+    ranges = [span_rows(float(s), float(e), rate, n_rows) for s, e in zip(bounds.start_s, bounds.end_s)]
+    return np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+
+
+def embed_features(
+    projectors: Any, features: np.ndarray, rate: float, duration_s: float, segment_length_s: float
+) -> np.ndarray:
+    """``(T, D)`` features -> ``(segment_count(duration_s), dim)`` segment embeddings.
+
+    When the rows fall into segments on a whole-row grid (1-fps features, 4-s segments, ``T``
+    matching the duration) this is exactly video ingest's ``Projectors.embed_segments``; other
+    rates (TVR's 1.5-s clips) or a ``T`` a little off the duration pool the rows that overlap
+    each segment in time, through the same visual projector."""
+    ranges = segment_row_ranges(len(features), rate, duration_s, segment_length_s)
+    if np.array_equal(ranges, _fixed_grid(len(features), rate, segment_length_s)):
+        return projectors.embed_segments(features, rate, segment_length_s)
+    return _embed_row_ranges(projectors.visual, features, ranges)
+
+
+def _fixed_grid(n_rows: int, rate: float, segment_length_s: float) -> np.ndarray:
+    """The row grouping ``Projectors.embed_segments`` uses: ``ceil(rate * length)`` rows each."""
+    per = max(1, math.ceil(rate * segment_length_s - 1e-9))
+    lo = np.arange(0, n_rows, per, dtype=np.int64)
+    return np.stack([lo, np.minimum(lo + per, n_rows)], axis=1)
+
+
+def _embed_row_ranges(visual: Any, features: np.ndarray, ranges: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Run ``visual`` on each row range of ``features`` ``(T, D)``: ``(len(ranges), dim)``."""
+    import torch
+
+    feats = np.asarray(features, dtype=np.float32)
+    width = int((ranges[:, 1] - ranges[:, 0]).max())
+    offsets = np.arange(width, dtype=np.int64)
+    device = next(visual.parameters(), torch.empty(0)).device
+    outs = []
+    with torch.inference_mode():
+        for lo in range(0, len(ranges), batch_size):
+            chunk = ranges[lo : lo + batch_size]
+            rows = chunk[:, :1] + offsets  # (b, width)
+            mask = rows < chunk[:, 1:]
+            frames = feats[np.where(mask, rows, 0)] * mask[..., None]  # (b, width, D), padding zeroed
+            out = visual(torch.from_numpy(frames).to(device), torch.from_numpy(mask).to(device))
+            outs.append(out.float().cpu().numpy())
+    return np.concatenate(outs)
+
+
+def content_hash(array: np.ndarray, rate: float, mode: str) -> str:
+    """``sha256:<hex>`` of the array's float32 values, shape and ``rate``: equal for an
+    unchanged file whatever its container (HDF5, .npy, float16 or float32)."""
+    values = np.ascontiguousarray(array, dtype="<f4")
+    h = hashlib.sha256(f"spr-import/1 {mode} shape={values.shape} rate={float(rate)!r}\n".encode())
+    h.update(memoryview(values).cast("B"))
+    return f"sha256:{h.hexdigest()}"
+
+
+# --- the import -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """What ``spr import`` was asked for (see :func:`import_features`)."""
+
+    collection: str | None = None  # default: config.vectors.collection
+    clip_length_s: float = 1.0  # seconds per feature row (TVR: 1.5)
+    segments: bool = False  # the arrays are ready-made (n_seg, dim) segment embeddings
+    dataset_key: str | None = None
+    duration_from_features: bool = False
+    force: bool = False
+    feature_model: str = ""  # what produced the features; default "imported:<source name>"
+    progress_every: int = 100  # videos between progress callbacks
+
+
+@dataclass(frozen=True)
+class ImportProgress:
+    processed: int
+    total: int
+    imported: int
+    skipped: int
+    failed: int
+    elapsed_s: float
+
+
+@dataclass
+class ImportSummary:
+    """The outcome. ``failed`` maps key -> reason; ``not_in_manifest`` lists feature keys the
+    manifest lacks (failed unless durations came from the features), ``not_in_features``
+    manifest keys without features (not imported)."""
+
+    source: str
+    collection: str
+    mode: str  # "features" or "segments"
+    run_id: int | None = None
+    dim: int | None = None
+    embedder: str = ""
+    imported: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    not_in_manifest: list[str] = field(default_factory=list)
+    not_in_features: list[str] = field(default_factory=list)
+    segments_written: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return len(self.imported) + len(self.skipped) + len(self.failed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "collection": self.collection,
+            "mode": self.mode,
+            "run_id": self.run_id,
+            "dim": self.dim,
+            "embedder": self.embedder,
+            "videos": {"imported": len(self.imported), "skipped": len(self.skipped), "failed": len(self.failed)},
+            "failed": self.failed,
+            "not_in_manifest": self.not_in_manifest,
+            "not_in_features": self.not_in_features,
+            "segments_written": self.segments_written,
+            "seconds": self.seconds,
+        }
+
+
+def import_features(
+    config: Config,
+    features: str | os.PathLike[str],
+    manifest: str | os.PathLike[str] | None = None,
+    options: ImportOptions = ImportOptions(),
+    progress: Callable[[ImportProgress], None] | None = None,
+) -> ImportSummary:
+    """Import every video of ``features`` (HDF5 file or .npy/.npz directory) into
+    ``options.collection`` through the configured catalog, vector store and feature store.
+
+    Raises :class:`ImportInputError` when the import cannot start; per-video problems are
+    recorded in the summary, the catalog (row ``failed`` with the reason) and the ingest run."""
+    t0 = time.perf_counter()
+    if not (options.clip_length_s > 0 and math.isfinite(options.clip_length_s)):
+        raise ImportInputError(f"--clip-length must be a positive number of seconds, got {options.clip_length_s}")
+    if manifest is None and not options.duration_from_features:
+        raise ImportInputError("videos need durations: pass --manifest FILE, or --duration-from-features")
+    length_s = config.segments.length_s
+    # A segment embedding stands for one segment, so ready-made ones come at one per segment.
+    rate = 1.0 / length_s if options.segments else 1.0 / options.clip_length_s
+    mode = "segments" if options.segments else "features"
+    table = read_manifest(manifest) if manifest is not None else None
+    source = open_source(features, options.dataset_key)
+    collection = options.collection or config.vectors.collection
+    summary = ImportSummary(str(source.path), collection, mode)
+    try:
+        keys = source.keys()
+        if table is not None:
+            summary.not_in_manifest = [k for k in keys if k not in table]
+            present = set(keys)
+            summary.not_in_features = sorted(k for k in table.entries if k not in present)
+        catalog = SegmentCatalog.from_config(config)
+        try:
+            store = open_vector_store(config)
+            try:
+                run = _ImportRun(config, options, catalog, store, source, summary, rate, progress, t0)
+                run.execute(read_videos(source, table, rate, options.duration_from_features, keys), len(keys))
+            finally:
+                store.close()
+        finally:
+            catalog.close()
+    finally:
+        source.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+@dataclass(frozen=True)
+class _Embedder:
+    """Turns one video's array into its segment embeddings; ``identity`` is recorded."""
+
+    dim: int
+    identity: str
+    projectors: Any  # spr.models.projector.Projectors, or None in segments mode
+
+
+class _ImportRun:
+    """One import: collection set-up, per-video checks, batched publishing and bookkeeping."""
+
+    def __init__(self, config, options, catalog, store, source, summary, rate, progress, t0) -> None:
+        self.config: Config = config
+        self.options: ImportOptions = options
+        self.catalog: SegmentCatalog = catalog
+        self.store: VectorStore = store
+        self.features = None if options.segments else FrameFeatureStore.from_config(config)
+        self.source: FeatureSource = source
+        self.summary: ImportSummary = summary
+        self.rate = rate
+        self.progress = progress
+        self.t0 = t0
+        self.length_s = config.segments.length_s
+        self.feature_model = options.feature_model or f"imported:{source.path.name}"
+        self.embedder: _Embedder | None = None
+        self.in_dim: int | None = None
+        self.batch: list[tuple[VideoPayload, int]] = []
+        self.batch_bytes = 0
+        self.published = 0  # videos made ready by this run, for the batch size
+        # Run counters not yet written: one UPDATE per batch, not per video.
+        self.counts: Counter[str] = Counter()
+        self._last_commit = time.monotonic()
+
+    # -- driver ---------------------------------------------------------------------------
+
+    def execute(self, videos: Iterator[ImportedVideo | RejectedVideo], total: int) -> None:
+        s = self.summary
+        head = list(itertools.islice(videos, _DIM_VOTERS))
+        dim = _common_dim(head)
+        if dim is not None:
+            self._setup(dim)
+        s.run_id = self.catalog.start_run(
+            {
+                "command": "import",
+                "source": s.source,
+                "collection": s.collection,
+                "mode": s.mode,
+                "rate": self.rate,
+                "feature_model": self.feature_model,
+                "embedder": s.embedder,
+                "force": self.options.force,
+            },
+            videos_total=total,
+        )
+        try:
+            every = self.options.progress_every
+            for processed, item in enumerate(itertools.chain(head, videos), start=1):
+                self._one(item)
+                if every > 0 and processed % every == 0:
+                    self._report_counts()
+                    if self.progress is not None:
+                        # Queued videos count as imported: they are published with their batch.
+                        imported = len(s.imported) + len(self.batch)
+                        elapsed = time.perf_counter() - self.t0
+                        done = ImportProgress(processed, total, imported, len(s.skipped), len(s.failed), elapsed)
+                        self.progress(done)
+            self._commit()
+        except BaseException as exc:
+            self._report_counts()
+            self.catalog.finish_run(s.run_id, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        self.catalog.finish_run(s.run_id)
+
+    def _one(self, item: ImportedVideo | RejectedVideo) -> None:
+        if isinstance(item, RejectedVideo):
+            self._fail(item.key, item.error, item.uri, item.duration_s)
+            return
+        if self.embedder is None:
+            # None of the first few videos had usable features: the first that has sets the dim.
+            if item.features.ndim != 2 or min(item.features.shape) == 0:
+                self._fail(item.key, _shape_error(item.features), item.uri, item.duration_s)
+                return
+            self._setup(item.features.shape[1])
+        try:
+            array = self._check(item)
+        except ValueError as exc:
+            self._fail(item.key, str(exc), item.uri, item.duration_s)
+            return
+        digest = content_hash(array, item.rate, self.summary.mode)
+        provenance = self._provenance(item)
+        if not self.options.force and self._unchanged(item, digest, provenance):
+            self.summary.skipped.append(item.key)
+            self.counts["videos_done"] += 1
+            return
+        try:
+            embeddings = self._embed(array, item)
+        except ValueError as exc:
+            self._fail(item.key, str(exc), item.uri, item.duration_s)
+            return
+        payload = VideoPayload(
+            key=item.key,
+            uri=item.uri,
+            duration_s=item.duration_s,
+            embeddings=embeddings,
+            frame_features=None if self.options.segments else array,
+            feature_rate=item.rate,
+            content_hash=digest,
+            metadata={**item.metadata, "import": provenance},
+        )
+        self.batch.append((payload, len(embeddings)))
+        self.batch_bytes += embeddings.nbytes + (0 if payload.frame_features is None else array.nbytes)
+        # A slow trickle must still become visible, and a batch must fit in memory.
+        full = len(self.batch) >= self._batch_size() or self.batch_bytes >= _BATCH_BYTES
+        if full or time.monotonic() - self._last_commit > 10:
+            self._commit()
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def _check(self, video: ImportedVideo) -> np.ndarray:
+        """The video's array as float32, or ValueError saying what is wrong with it."""
+        key_bytes = len(video.key.encode())
+        if key_bytes > MAX_KEY_BYTES:
+            raise ValueError(f"its key is {key_bytes} bytes long; the stores hold keys of up to {MAX_KEY_BYTES}")
+        array = video.features
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+            raise ValueError(_shape_error(array))
+        if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(f"its features have dtype {array.dtype}; expected floating-point numbers")
+        array = np.asarray(array, dtype=np.float32)
+        if array.shape[1] != self.in_dim:
+            raise ValueError(
+                f"its {'embeddings' if self.options.segments else 'features'} are {array.shape[1]}-d, the others "
+                f"{self.in_dim}-d (collection {self.summary.collection!r}); one import holds one kind of feature"
+            )
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise ValueError(f"its features contain {bad} NaN or infinite value(s) of {array.size}")
+        duration = video.duration_s
+        if not (duration > 0 and math.isfinite(duration)):
+            raise ValueError(f"its duration {duration} s is not a positive number of seconds")
+        if duration > self.config.ingest.max_video_hours * 3600:
+            raise ValueError(
+                f"it lasts {duration / 3600:.1f} h, over ingest.max_video_hours={self.config.ingest.max_video_hours}"
+            )
+        if self.options.segments:
+            expected = segment_count(duration, self.length_s)
+            if len(array) != expected:
+                raise ValueError(
+                    f"it has {len(array)} segment embeddings, but a {duration:g}-s video has {expected} segments "
+                    f"of {self.length_s:g} s; give one embedding per segment (the last, partial one included)"
+                )
+            return array
+        if float(np.abs(array).max()) > FLOAT16_MAX:
+            raise ValueError(f"its features exceed the float16 range the feature store keeps (|x| > {FLOAT16_MAX:g})")
+        covered = len(array) / video.rate
+        if abs(covered - duration) > max(self.length_s, COVERAGE_TOLERANCE * duration):
+            raise ValueError(
+                f"its {len(array)} feature rows of {1 / video.rate:g} s cover {covered:g} s, but the video lasts "
+                f"{duration:g} s; check --clip-length and the manifest's duration"
+            )
+        return array
+
+    def _unchanged(self, video: ImportedVideo, digest: str, provenance: dict[str, Any]) -> bool:
+        """True when the ready row already holds exactly what this import would write."""
+        row = self.catalog.get_video(video.key)
+        if row is None or row.status != VideoStatus.READY.value or row.content_hash != digest:
+            return False
+        before = row.metadata.get("import") or {}
+        setup = ("collection", "embedder", "segment_length_s", "feature_model")
+        same_setup = all(before.get(k) == provenance[k] for k in setup)
+        return same_setup and row.uri == video.uri and abs(row.duration_s - video.duration_s) < 1e-6
+
+    def _provenance(self, video: ImportedVideo) -> dict[str, Any]:
+        assert self.embedder is not None
+        return {
+            "source": str(self.source.path),
+            "mode": self.summary.mode,
+            "rate": video.rate,
+            "collection": self.summary.collection,
+            "embedder": self.embedder.identity,
+            "feature_model": self.feature_model,
+            "segment_length_s": self.length_s,
+        }
+
+    # -- embedding and the collection -----------------------------------------------------
+
+    def _setup(self, in_dim: int) -> None:
+        """Fix this import's feature dimension: load the projector, prepare the collection."""
+        self.in_dim = in_dim
+        self.embedder = self._make_embedder(in_dim)
+        self._prepare_collection(self.embedder)
+        self.summary.dim, self.summary.embedder = self.embedder.dim, self.embedder.identity
+
+    def _make_embedder(self, in_dim: int) -> _Embedder:
+        if self.options.segments:
+            return _Embedder(in_dim, "ready-made", None)
+        from spr.models.clip import resolve_device
+        from spr.models.projector import load_projectors
+
+        try:
+            device = resolve_device(self.config.clip.device)
+            projectors = load_projectors(self.config.projector.checkpoint, in_dim, device)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            raise ImportInputError(str(exc)) from None
+        return _Embedder(projectors.dim, projectors.identity, projectors)
+
+    def _embed(self, array: np.ndarray, video: ImportedVideo) -> np.ndarray:
+        assert self.embedder is not None
+        if self.embedder.projectors is None:
+            return l2_normalize(array)
+        embeddings = embed_features(self.embedder.projectors, array, video.rate, video.duration_s, self.length_s)
+        if not np.isfinite(embeddings).all():
+            raise ValueError("the projector produced NaN or infinite embeddings from its features")
+        return embeddings
+
+    def _prepare_collection(self, embedder: _Embedder) -> None:
+        """Create (or check) the collection for ``embedder.dim``-d vectors; refuse a collection
+        of another dimension or holding another model's vectors."""
+        name, dim = self.summary.collection, embedder.dim
+        model = f"{self.feature_model} + {embedder.identity}"
+        what = f"this import makes {dim}-d vectors ({model})"
+        record = self.catalog.get_collection(name)
+        if record is not None and record.dim != dim:
+            raise ImportInputError(
+                f"collection {name!r} holds {record.dim}-d vectors and {what}; "
+                f"import into another collection (--collection NAME)"
+            )
+        if record is not None and record.feature_model and record.feature_model != model:
+            raise ImportInputError(
+                f"collection {name!r} holds vectors of {record.feature_model} and {what}; vectors of different "
+                f"models cannot be searched together: import into another collection (--collection NAME) "
+                f"or name the features' model with --feature-model"
+            )
+        if self.store.has_collection(name):
+            info = self.store.describe(name)
+            if info.dim != dim:
+                raise ImportInputError(
+                    f"collection {name!r} in the {self.store.backend} store holds {info.dim}-d vectors and {what}; "
+                    f"import into another collection (--collection NAME)"
+                )
+            spec, metric = info.index, info.metric
+        else:
+            spec, metric = index_spec_from_config(self.config.vectors.index), self.config.vectors.metric
+            self.store.create_collection(name, dim, spec, metric)
+        try:
+            spec_dict = index_spec_to_dict(spec)
+            self.catalog.register_collection(name, self.store.backend, dim, metric, spec_dict, feature_model=model)
+        except ValueError as exc:
+            raise ImportInputError(str(exc)) from None
+
+    # -- publishing and failures ----------------------------------------------------------
+
+    def _batch_size(self) -> int:
+        # Each flush rewrites a whole Faiss index (and costs Milvus about a second): batches
+        # grow with the import so a 20K-video release writes the index some tens of times,
+        # not 20K times. A crash loses at most one batch, which stays pending and is redone.
+        return max(self.config.ingest.write_batch_videos, self.published // 10)
+
+    def _commit(self) -> None:
+        """Publish the queued videos (one upsert and flush), then write the run's counters."""
+        self._last_commit = time.monotonic()
+        if self.batch:
+            self._publish_batch()
+        self._report_counts()
+
+    def _publish_batch(self) -> None:
+        batch, self.batch, self.batch_bytes = self.batch, [], 0
+        payloads = [p for p, _ in batch]
+        try:
+            self._publish(payloads)
+            ok = batch
+        except ValueError as exc:
+            # One bad video must not sink its batch: redo them one by one to find it.
+            log.warning("batch publish failed, publishing its videos one by one", extra={"error": str(exc)})
+            ok = []
+            for payload, n in batch:
+                try:
+                    self._publish([payload])
+                    ok.append((payload, n))
+                except ValueError as one:
+                    self._fail(payload.key, f"publishing failed: {one}", payload.uri, payload.duration_s)
+        segments = sum(n for _, n in ok)
+        self.summary.imported.extend(p.key for p, _ in ok)
+        self.summary.segments_written += segments
+        self.published += len(ok)
+        self.counts.update(videos_done=len(ok), segments_written=segments)
+
+    def _report_counts(self) -> None:
+        if self.summary.run_id is not None and any(self.counts.values()):
+            self.catalog.increment_run(self.summary.run_id, **self.counts)
+        self.counts.clear()
+
+    def _publish(self, payloads: list[VideoPayload]) -> None:
+        publish_videos(
+            self.catalog, self.store, self.summary.collection, payloads, self.length_s, self.features,
+            self.feature_model,
+        )
+
+    def _fail(self, key: str, error: str, uri: str = "", duration_s: float | None = None) -> None:
+        """Record ``key`` failed: in the summary, the run and its catalog row (registered for
+        the purpose when the video is new, so ``spr status`` and the catalog say why)."""
+        log.warning("video %s not imported: %s", key, error, extra={"video_key": key})
+        self.summary.failed[key] = error
+        self.counts["videos_failed"] += 1
+        row = self.catalog.get_video(key)
+        if row is None:
+            safe = duration_s if duration_s is not None and duration_s >= 0 and math.isfinite(duration_s) else 0.0
+            try:
+                row = self.catalog.register_video(
+                    key, uri or self.source.uri(key), safe, metadata={"import": {"source": str(self.source.path)}}
+                )
+            except ValueError:  # a key the catalog cannot hold (too long): the summary says why
+                return
+        self.catalog.mark_failed(row.id, error)
+
+
+def _common_dim(items: Sequence[ImportedVideo | RejectedVideo]) -> int | None:
+    """The most common width of the 2-D arrays among ``items`` (first seen on a tie)."""
+    dims = [
+        v.features.shape[1]
+        for v in items
+        if isinstance(v, ImportedVideo) and v.features.ndim == 2 and min(v.features.shape) > 0
+    ]
+    if not dims:
+        return None
+    counts = Counter(dims)
+    best = max(counts.values())
+    return next(d for d in dims if counts[d] == best)
+
+
+def _shape_error(array: np.ndarray) -> str:
+    return f"its array has shape {tuple(array.shape)}; expected (T, D) with T, D > 0"
