@@ -175,3 +175,12 @@ def test_a_local_write_leaves_no_temporary_files(tmp_path):
 )
 def test_span_rows_cover_every_overlapping_feature(start, end, rate, total, rows):
     assert span_rows(start, end, rate, total) == rows
+
+
+def test_decoder_sized_frames_take_the_device_path_and_match_the_resizing_path():
+    clip = load_clip("spr-tiny")
+    square = frames(1, clip.image_size, clip.image_size)[0]
+    fast = clip.preprocess([square])  # all frames S x S: normalised on the device
+    slow = clip.preprocess([square, frames(1)[0]])  # mixed sizes: resized per frame
+    assert fast.shape == (1, 3, clip.image_size, clip.image_size)
+    torch.testing.assert_close(fast[0], slow[0], atol=1e-5, rtol=0)
