@@ -369,3 +369,16 @@ def test_ingest_joins_an_existing_ray_cluster_with_ray_address(tmp_path, corpus)
         except subprocess.TimeoutExpired:
             head.kill()
         subprocess.run(["rm", "-rf", temp])
+
+
+def test_a_touched_but_unchanged_file_is_skipped_by_its_content_hash(tmp_path):
+    videos = tmp_path / "v"
+    videos.mkdir()
+    write_video(videos / "same.mp4", 9.0, fps=5, seed=1)
+    config = make_config(tmp_path)
+    sources = sources_from_paths([videos])
+    run_ingest(config, sources, executor="inline", progress=IngestProgress(1, stream=None))
+    later = time.time() + 60
+    os.utime(videos / "same.mp4", (later, later))  # new mtime, same bytes: hashed, then skipped
+    summary = run_ingest(config, sources, executor="inline", progress=IngestProgress(1, stream=None))
+    assert (summary.videos_done, summary.videos_skipped, summary.segments_written) == (0, 1, 0)
