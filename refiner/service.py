@@ -283,8 +283,9 @@ def serve_refiner(
     device = resolve_device(config.refiner.device)
     model = load_refiner(config.refiner.checkpoint, in_dim, device)
     rc = config.refiner
+    max_batch_proposals = rc.max_batch_proposals or (4096 if str(device).startswith("cuda") else 512)
     batcher = DynamicBatcher(
-        model, rc.max_batch_proposals, rc.max_wait_ms, rc.max_batch_frames, resolve_precision(rc.precision, str(device))
+        model, max_batch_proposals, rc.max_wait_ms, rc.max_batch_frames, resolve_precision(rc.precision, str(device))
     )
     read_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="refiner-read")
     servicer = RefinerServicer(model, FrameFeatureStore(config.features_url), batcher, read_pool)
@@ -316,7 +317,7 @@ def serve_refiner(
             "device": str(device),
             "tls": bool(config.security.tls_cert),
             "token": bool(config.security.token),
-            "max_batch_proposals": config.refiner.max_batch_proposals,
+            "max_batch_proposals": max_batch_proposals,
             "max_wait_ms": config.refiner.max_wait_ms,
         },
     )
