@@ -26,7 +26,7 @@ log = logging.getLogger("spr")
 # Each stage owns its subcommands: these modules define ``add_commands(subparsers)``; their
 # handlers take ``(config, args)`` like the ones below. They must import nothing heavy at
 # module level (``spr version`` should not load torch).
-COMMAND_MODULES = ("ingest.cli", "ingest.importer_cli", "services.cli")
+COMMAND_MODULES = ("ingest.cli", "ingest.importer_cli", "services.cli", "spr.training.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -186,6 +186,34 @@ class RefinerConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Defaults of ``spr train`` (SPR section 4.2); every one is also a command-line flag."""
+
+    lr: float = 5e-4
+    weight_decay: float = 1e-3
+    grad_clip: float = 5.0
+    batch_size: int = 256
+    epochs: int = 30
+    warmup_fraction: float = 0.1  # of all steps, linear, then cosine decay
+    seed: int = 0
+    device: str = "auto"
+    # A segment is a positive of a moment when their overlap covers this fraction of the segment.
+    positive_overlap: float = 0.3
+    temperature: float = 0.05
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics endpoints (``/metrics``); port 0 turns one off."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    search_port: int = 9464
+    refiner_port: int = 9465
+    ingest_port: int = 9466
+
+
+@dataclass(frozen=True)
 class SecurityConfig:
     """TLS and a bearer token for both services; off by default (loopback)."""
 
@@ -218,6 +246,8 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property
