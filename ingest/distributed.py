@@ -17,8 +17,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .encoder import EncodedVideo, EncoderInfo, EncoderSettings, FailedVideo, SkippedVideo, VideoEncoder, decode_chunks
-from .sources import VideoSource, content_hash
+from .encoder import (
+    EncodedVideo,
+    EncoderInfo,
+    EncoderSettings,
+    FailedVideo,
+    SkippedVideo,
+    VideoEncoder,
+    decode_chunks,
+    hash_or_skip,
+)
+from .sources import VideoSource
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +89,9 @@ class _EncoderActor:
     def process(self, source: VideoSource, skip_if_hash: str | None) -> EncodedVideo | FailedVideo | SkippedVideo:
         import ray
 
-        try:
-            digest = content_hash(source.path)
-        except OSError as exc:
-            return FailedVideo(source, f"cannot read {source.path}: {exc.strerror or exc}")
-        if skip_if_hash is not None and digest == skip_if_hash:
-            return SkippedVideo(source, digest)
+        digest = hash_or_skip(source, skip_if_hash)
+        if not isinstance(digest, str):
+            return digest
         s = self.encoder.settings
         stream = self.decode.options(_generator_backpressure_num_objects=_DECODE_AHEAD_CHUNKS).remote(
             source.path, s.frame_rate, self.encoder.image_size, s.chunk_frames

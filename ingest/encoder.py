@@ -104,6 +104,18 @@ class SkippedVideo:
     content_hash: str
 
 
+def hash_or_skip(source: VideoSource, skip_if_hash: str | None) -> str | FailedVideo | SkippedVideo:
+    """The file's content hash, or the result that ends its processing right there: unreadable
+    (failed) or hashing to ``skip_if_hash`` (unchanged since it was ingested)."""
+    try:
+        digest = content_hash(source.path)
+    except OSError as exc:
+        return FailedVideo(source, f"cannot read {source.path}: {exc.strerror or exc}")
+    if skip_if_hash is not None and digest == skip_if_hash:
+        return SkippedVideo(source, digest)
+    return digest
+
+
 def fit_frame(image: np.ndarray) -> np.ndarray:
     """The centre square of ``(H, W, 3)``, side ``min(H, W)``: ``size`` after the decoder
     resized the shorter side to it, as CLIP's own transform crops."""
@@ -202,12 +214,9 @@ class VideoEncoder:
 
     def process(self, source: VideoSource, skip_if_hash: str | None = None) -> EncodedVideo | FailedVideo | SkippedVideo:
         """Hash, decode and encode one video in this process (the inline executor's path)."""
-        try:
-            digest = content_hash(source.path)
-        except OSError as exc:
-            return FailedVideo(source, f"cannot read {source.path}: {exc.strerror or exc}")
-        if skip_if_hash is not None and digest == skip_if_hash:
-            return SkippedVideo(source, digest)
+        digest = hash_or_skip(source, skip_if_hash)
+        if not isinstance(digest, str):
+            return digest
         try:
             stream = decode_chunks(source.path, self.settings.frame_rate, self.image_size, self.settings.chunk_frames)
             probe = next(stream)

@@ -21,7 +21,6 @@ duration) is recorded ``failed`` with the reason and the import goes on.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
@@ -41,6 +40,7 @@ from spr.catalog import SegmentCatalog, VideoStatus
 from spr.config import Config
 from spr.features import FrameFeatureStore, span_rows
 from spr.publish import VideoPayload, publish_videos
+from spr.rowfiles import RowFileError, read_rows
 from spr.segments import segment_bounds, segment_count
 from spr.stores import VectorStore, index_spec_from_config, index_spec_to_dict, l2_normalize, open_vector_store
 
@@ -165,35 +165,9 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 def _manifest_rows(manifest: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        text = manifest.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ImportInputError(f"cannot read manifest {manifest}: {exc}") from None
-    suffix = manifest.suffix.lower()
-    if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        for i, row in enumerate(reader, start=2):
-            yield i, {k.strip(): v for k, v in row.items() if k is not None}
-        return
-    if text.lstrip().startswith("["):  # a JSON array of rows: accepted as a courtesy
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ImportInputError(f"{manifest}: not valid JSON: {exc}") from None
-        for i, row in enumerate(rows, start=1):
-            if not isinstance(row, dict):
-                raise ImportInputError(f"{manifest}: item {i} is not a JSON object")
-            yield i, row
-        return
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ImportInputError(f"{manifest}:{i}: not a JSON object ({exc}); manifests are JSONL or CSV") from None
-        if not isinstance(row, dict):
-            raise ImportInputError(f"{manifest}:{i}: expected a JSON object per line")
-        yield i, row
+        yield from read_rows(manifest)
+    except RowFileError as exc:
+        raise ImportInputError(str(exc)) from None
 
 
 def _manifest_entry(key: str, row: dict[str, Any]) -> ManifestEntry:

@@ -9,7 +9,6 @@ which is what makes re-runs resume instead of duplicating.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
@@ -17,6 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from spr.rowfiles import RowFileError, read_rows
 
 VIDEO_SUFFIXES = frozenset(
     {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp", ".ogv"}
@@ -121,18 +122,7 @@ def _add(found: dict[str, VideoSource], source: VideoSource, where: str = "") ->
 
 
 def _read_rows(manifest: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    text = manifest.read_text()
-    if manifest.suffix.lower() == ".csv":
-        return [(i + 2, dict(row)) for i, row in enumerate(csv.DictReader(text.splitlines()))]
-    rows = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{manifest}:{i}: not a JSON object: {exc}") from None
-        if not isinstance(row, dict):
-            raise SourceError(f"{manifest}:{i}: expected a JSON object per line")
-        rows.append((i, row))
-    return rows
+    try:
+        return list(read_rows(manifest))
+    except RowFileError as exc:
+        raise SourceError(str(exc)) from None
