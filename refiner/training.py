@@ -263,3 +263,71 @@ def train_refiner(
     model.meta = {"step": step, **meta}
     summary = RefinerTrainingSummary(step, options.epochs, last.get("loss", float("nan")), last, step / wall if wall else 0.0, out)
     return model, summary
+
+
+def examples_from_stores(
+    config: Any,
+    records: Sequence[Any],
+    query_features: dict[str, np.ndarray],
+    collection: str,
+    embed: Callable[[np.ndarray], np.ndarray],
+    oracle: bool = True,
+    max_proposals: int = 24,
+) -> list[RefinerExample]:
+    """Training examples the way the refiner meets queries: each record's (a
+    :class:`spr.training.data.QueryRecord`) coarse proposals from the configured stores (ANN
+    top-k -> catalog -> proposals -> tau_C padding), their frame features from the feature store,
+    labelled with the record's moments.
+
+    ``query_features`` maps query ids to CLIP text features ``(text_in_dim,)``; ``embed`` turns
+    ``(N, text_in_dim)`` of them into ANN query embeddings (the text projector). With ``oracle``
+    a moment no retrieved proposal holds is added as its own tau_C-padded proposal, so that
+    every query teaches the boundary head. At most ``max_proposals`` per query (positives
+    first, then negatives in coarse rank order)."""
+    from spr.catalog import SegmentCatalog
+    from spr.features import FrameFeatureStore
+    from spr.proposals import gap_rule_from_config
+    from spr.retrieval import retrieve_proposals
+    from spr.stores import open_vector_store
+
+    p = config.proposals
+    gap_rule = gap_rule_from_config(p.gap_rule, p.max_missing_segments, p.adaptive_alpha)
+    catalog = SegmentCatalog.from_config(config)
+    store = open_vector_store(config)
+    features = FrameFeatureStore.from_config(config)
+    examples = []
+    try:
+        wanted = [r for r in records if r.query_id in query_features]
+        if not wanted:
+            return []
+        embeddings = embed(np.stack([query_features[r.query_id] for r in wanted]))
+        video_ids: dict[str, tuple[int, float] | None] = {}
+        for record, embedding in zip(wanted, embeddings):
+            coarse = retrieve_proposals(store, catalog, collection, embedding, p.top_k_segments, gap_rule=gap_rule, pad_s=p.pad_s)
+            spans = [(coarse.location_of(prop).video_id, prop.video_key, padded.start_s, padded.end_s) for prop, padded in zip(coarse.proposals, coarse.padded)]
+            truth = [(m.video_name, m.start_s, m.end_s, m.relevance) for m in record.moments if m.relevance > 0]
+            if oracle:
+                for name, start, end, _ in truth:
+                    if any(key == name and s <= start and end <= e for _, key, s, e in spans):
+                        continue
+                    if name not in video_ids:
+                        video = catalog.get_video(name)
+                        video_ids[name] = None if video is None or video.status != "ready" else (video.id, video.duration_s)
+                    if video_ids[name] is not None:
+                        vid, duration = video_ids[name]
+                        spans.append((vid, name, max(0.0, start - p.pad_s), min(duration, end + p.pad_s)))
+            read = features.read_many([(vid, s, e) for vid, _, s, e in spans], missing="none")
+            labelled = [
+                label_proposal(key, f.features.astype(np.float32), f.rate, f.first_s, truth)
+                for (_, key, _, _), f in zip(spans, read)
+                if f is not None
+            ]
+            positives = [x for x in labelled if x.moment is not None]
+            negatives = [x for x in labelled if x.moment is None]
+            kept = (positives + negatives)[:max_proposals]
+            if positives:
+                examples.append(RefinerExample(record.query_id, np.asarray(query_features[record.query_id], np.float32), tuple(kept)))
+    finally:
+        store.close()
+        catalog.close()
+    return examples
