@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ENV_PREFIX = "SPR_"
+# Variables that share the prefix but are not configuration: the test suite's own settings.
+_NOT_CONFIG = ("SPR_TEST_",)
 
 
 class ConfigError(ValueError):
@@ -296,7 +298,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {file} is not valid TOML: {exc}") from exc
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG":
+        if not name.startswith(ENV_PREFIX) or name == f"{ENV_PREFIX}CONFIG" or name.startswith(_NOT_CONFIG):
             continue
         keys = name[len(ENV_PREFIX):].lower().split("__")
         node = raw

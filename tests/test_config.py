@@ -72,3 +72,8 @@ def test_replace_returns_a_modified_copy():
     cfg = Config()
     other = cfg.replace(data_dir="/srv/spr")
     assert other.data_path == Path("/srv/spr") and cfg.data_dir == ""
+
+
+def test_the_test_suites_own_variables_are_not_configuration_keys():
+    config = load_config(environ={"SPR_TEST_MILVUS_URI": "http://x:1", "SPR_MILVUS__URI": "http://y:2"})
+    assert config.milvus.uri == "http://y:2"
