@@ -1,0 +1,97 @@
+"""``spr eval``: score the query pipeline on a TVR-Ranking query file (SP, SPR and the upper
+bound, NDCG@K at IoU>=mu, per-stage timings). The work is in :mod:`spr.training.evaluation`,
+imported on use so that building the parser loads neither torch nor the stores."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+_PROGRESS_EVERY = 100
+
+
+def add_eval_command(sub: Any) -> None:
+    """Add ``eval`` to the ``spr`` subcommands (``sub`` from ``add_subparsers``)."""
+    p = sub.add_parser(
+        "eval",
+        help="evaluate search on a TVR-Ranking query file: NDCG@K, IoU>=mu for SP, SPR and the upper bound",
+        description="Run every query of a TVR-Ranking file (JSONL or JSON records: query_id, query, video_name, "
+        "timestamp [s, e], duration, relevance) through the real pipeline on the configured stores: query "
+        "embedding, ANN top-k segments, one catalog round trip, proposals (proposals.gap_rule), tau_C padding "
+        "(proposals.pad_s) and, unless --no-refine, the SPR_CLIP refiner of refiner.checkpoint on the frame "
+        "features. Prints NDCG@10/20/40 at IoU 0.3/0.5/0.7 for SP (coarse proposals), SPR (refined) and UB (the "
+        "paper's Table 4 upper bound: perfect refinement and re-ranking of the padded proposals), and per-stage "
+        "timings. Exit code 2 when the evaluation cannot start (bad query file, unknown collection, dimensions "
+        "that do not fit).",
+    )
+    p.add_argument("queries", metavar="QUERIES", help="TVR-Ranking query file (JSONL, JSON array or {\"data\": [...]})")
+    p.add_argument("--collection", help="collection to search (default: vectors.collection)")
+    p.add_argument(
+        "--query-features",
+        metavar="H5",
+        help="precomputed CLIP text features, one 1-D dataset per query id, used instead of encoding the query "
+        "texts; they go through the text projector (projector.checkpoint) unless --projected",
+    )
+    p.add_argument(
+        "--projected",
+        action="store_true",
+        help="the --query-features are already joint-space query embeddings (the collection's dimension)",
+    )
+    p.add_argument("--no-refine", dest="refine", action="store_false", help="coarse proposals only (SP and UB)")
+    p.add_argument(
+        "--top-k-segments",
+        type=int,
+        metavar="N",
+        help="segments retrieved per query (default: proposals.top_k_segments, 200)",
+    )
+    p.add_argument("--max-moments", type=int, default=100, metavar="N", help="predictions kept per query (default 100)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="queries in flight (store, catalog and feature reads in parallel; refinement batched across them; default 4)",
+    )
+    p.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="write sp_predictions.json, spr_predictions.json and metrics.json here",
+    )
+    p.add_argument("--json", action="store_true", help="print metrics.json instead of the tables")
+    p.set_defaults(handler=cmd_eval)
+
+
+def cmd_eval(config: Any, args: argparse.Namespace) -> int:
+    from spr.errors import UsageError
+
+    from .data import AnnotationError
+    from .evaluation import EvalError, EvalOptions, run_evaluation, write_outputs
+
+    options = EvalOptions(
+        collection=args.collection,
+        query_features=args.query_features,
+        projected=args.projected,
+        refine=args.refine,
+        top_k_segments=args.top_k_segments,
+        max_moments=args.max_moments,
+        workers=args.workers,
+    )
+    try:
+        report = run_evaluation(config, args.queries, options, progress=_print_progress)
+    except (AnnotationError, EvalError) as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
+    written = write_outputs(report, args.out_dir) if args.out_dir else []
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.format_table())
+        for path in written:
+            print(f"wrote {path}")
+    return 0
+
+
+def _print_progress(done: int, total: int) -> None:
+    if done % _PROGRESS_EVERY == 0 and done < total:
+        print(f"eval {done}/{total} queries", file=sys.stderr, flush=True)

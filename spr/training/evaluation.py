@@ -1,0 +1,870 @@
+"""``spr eval``: the real query pipeline over a TVR-Ranking query file, scored with NDCG@K, IoU>=mu.
+
+Every query runs the online path against the configured stores, as the search service does:
+
+``embed``
+    the query text through the CLIP text tower and the text projector (``clip.*``,
+    ``projector.checkpoint``), batched; or precomputed CLIP text features (HDF5 keyed by query
+    id) through the text projector; or, with ``projected``, ready joint-space embeddings;
+``ann``, ``catalog``, ``proposals``
+    :func:`spr.retrieval.retrieve_proposals`: ANN top-k segments (``proposals.top_k_segments``,
+    200), one catalog round trip, proposals by the configured gap rule, tau_C padding;
+``features``, ``refine``
+    optional: the padded proposals' frame features from the feature store
+    (:func:`refiner.service.read_proposal_features`), then the SPR_CLIP refiner of
+    ``refiner.checkpoint`` in this process, through the service's
+    :class:`refiner.batching.DynamicBatcher` (same padding and masking; concurrent queries share
+    forward passes).
+
+Queries run on a thread pool (``workers``); each worker waits for its own refinement, so the
+batcher sees up to ``workers`` queries at once, like the service under load.
+
+Two rankings come out per query: **SP**, the unpadded proposals ranked by their best segment
+(what a search with ``refine=false`` answers), and **SPR**, the refined moments ranked by the
+refiner's score (what a refined search answers; a query the service would answer unrefined, e.g.
+all its videos lack frame features, falls back to SP and is counted as degraded). Both are cut to
+``max_moments`` and scored with :func:`spr.metrics.evaluate_rankings`.
+
+**The upper bound** (SPR paper, section 4.6 and Table 4, "UB") scores a perfect refiner and a
+perfect re-ranker on the same padded proposals; see :func:`upper_bound_relevances` for how it is
+read and computed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from spr.config import Config
+from spr.metrics import GroundTruthMoment, PredictedMoment, RankingReport, dcg, evaluate_rankings
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_IOUS",
+    "DEFAULT_KS",
+    "EvalError",
+    "EvalOptions",
+    "EvalQuery",
+    "EvalReport",
+    "QueryOutcome",
+    "STAGES",
+    "load_eval_queries",
+    "predictions_to_json",
+    "run_evaluation",
+    "upper_bound_relevances",
+    "upper_bound_report",
+    "write_outputs",
+]
+
+DEFAULT_KS = (10, 20, 40)
+DEFAULT_IOUS = (0.3, 0.5, 0.7)
+# Per-query stages, in pipeline order (``features`` and ``refine`` only when refining).
+STAGES = ("embed", "ann", "catalog", "proposals", "features", "refine")
+MAX_SEGMENTS_K = 16384  # what the vector stores accept (services.search.MAX_SEGMENTS_K)
+# The refiner takes at most this many proposals per query (refiner.service.MAX_PROPOSALS);
+# the search service refines the best-ranked ones and so does evaluation.
+MAX_REFINE_PROPOSALS = 1000
+_EMBED_BATCH = 64
+
+UPPER_BOUND_READING = (
+    "SPR section 4.6: a perfect refiner turns a padded proposal into the ground-truth moment it "
+    "overlaps, clipped to the proposal (a refined moment never leaves its padded span), so it "
+    "matches at IoU>=mu iff |gt & proposal| / |gt| >= mu; each proposal yields one moment and each "
+    "ground truth is matched once (an optimal one-to-one assignment, most relevant first); a "
+    "perfect re-ranker orders the matched moments by relevance. NDCG@K of that list, per mu."
+)
+
+
+class EvalError(ValueError):
+    """Evaluation cannot run as asked (unknown collection, dimensions that do not fit, bad
+    options); the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class EvalQuery:
+    """One query of the query file: id, text and its ground-truth moments."""
+
+    query_id: str
+    text: str
+    ground_truth: tuple[GroundTruthMoment, ...]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to evaluate. ``collection``: default ``vectors.collection``; ``query_features``: HDF5
+    of CLIP text features keyed by query id (default: encode the query texts); ``projected``: those
+    features are already joint-space embeddings; ``top_k_segments``: default
+    ``proposals.top_k_segments``; ``max_moments``: predictions kept per query."""
+
+    collection: str | None = None
+    query_features: str | None = None
+    projected: bool = False
+    refine: bool = True
+    top_k_segments: int | None = None
+    max_moments: int = 100
+    workers: int = 4
+    ks: tuple[int, ...] = DEFAULT_KS
+    iou_thresholds: tuple[float, ...] = DEFAULT_IOUS
+
+
+@dataclass
+class QueryOutcome:
+    """One query's run. ``sp``/``spr``: ranked predictions (``spr`` None without refinement);
+    ``padded``: every padded proposal (the upper bound's candidates); ``degraded``: why SPR fell
+    back to SP for this query (empty when refined); ``dropped``: proposals left out of
+    refinement because their video has no frame features; ``timings_ms`` per stage."""
+
+    query_id: str
+    sp: list[PredictedMoment]
+    spr: list[PredictedMoment] | None
+    padded: list[Any]  # spr.proposals.Proposal
+    timings_ms: dict[str, float]
+    degraded: str = ""
+    dropped: int = 0
+    batch_queries: int = 0  # queries in the refiner batch this one rode in (0: not refined)
+    batch_proposals: int = 0
+
+
+@dataclass
+class EvalReport:
+    """Everything one evaluation produced; :meth:`to_json` is ``metrics.json``."""
+
+    collection: str
+    backend: str
+    num_queries: int
+    top_k_segments: int
+    max_moments: int
+    pad_s: float
+    gap_rule: str
+    query_source: str  # "text", "features" or "projected features"
+    workers: int
+    sp: RankingReport
+    spr: RankingReport | None
+    upper_bound: RankingReport
+    timings_ms: dict[str, dict[str, float]]
+    wall_s: float
+    outcomes: list[QueryOutcome] = field(default_factory=list)
+    refiner: str = ""
+    random_parts: tuple[str, ...] = ()  # models running on random weights ("CLIP", "refiner")
+    degraded_queries: int = 0
+    dropped_proposals: int = 0
+
+    @property
+    def refiner_batches(self) -> dict[str, float] | None:
+        """Mean queries and proposals per refiner forward batch, as the refined queries saw them."""
+        rode = [o for o in self.outcomes if o.batch_queries]
+        if not rode:
+            return None
+        return {
+            "mean_queries": float(np.mean([o.batch_queries for o in rode])),
+            "mean_proposals": float(np.mean([o.batch_proposals for o in rode])),
+        }
+
+    @property
+    def random_weights(self) -> bool:
+        return bool(self.random_parts)
+
+    @property
+    def sp_predictions(self) -> dict[str, list[PredictedMoment]]:
+        return {o.query_id: o.sp for o in self.outcomes}
+
+    @property
+    def spr_predictions(self) -> dict[str, list[PredictedMoment]] | None:
+        if self.spr is None:
+            return None
+        return {o.query_id: o.spr or [] for o in self.outcomes}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "collection": self.collection,
+            "backend": self.backend,
+            "queries": self.num_queries,
+            "queries_evaluated": self.sp.num_queries,
+            "query_source": self.query_source,
+            "top_k_segments": self.top_k_segments,
+            "max_moments": self.max_moments,
+            "pad_s": self.pad_s,
+            "gap_rule": self.gap_rule,
+            "workers": self.workers,
+            "refined": self.spr is not None,
+            "refiner": self.refiner,
+            "random_weights": self.random_weights,
+            "random_parts": list(self.random_parts),
+            "degraded_queries": self.degraded_queries,
+            "dropped_proposals": self.dropped_proposals,
+            "refiner_batches": self.refiner_batches,
+            "sp": self.sp.to_json(),
+            "spr": None if self.spr is None else self.spr.to_json(),
+            "upper_bound": {**self.upper_bound.to_json(), "reading": UPPER_BOUND_READING},
+            "timings_ms": self.timings_ms,
+            "wall_s": self.wall_s,
+            "queries_per_s": self.num_queries / self.wall_s if self.wall_s > 0 else None,
+        }
+
+    def format_table(self) -> str:
+        """The NDCG table (SP, SPR, UB side by side, the paper's Table 1/4 layout) and timings."""
+        ks = sorted(self.sp.ndcg)
+        ious = sorted({mu for row in self.sp.ndcg.values() for mu in row})
+        width = 8 * len(ious) + 2
+        lines = [
+            f"spr eval: {self.num_queries} queries ({self.sp.num_queries} with relevant ground truth), "
+            f"collection {self.collection!r} ({self.backend}), top-{self.top_k_segments} segments, "
+            f"gap rule {self.gap_rule}, tau_C {self.pad_s:g} s, queries from {self.query_source}",
+        ]
+        if self.spr is not None:
+            lines.append(f"refiner: {self.refiner}")
+            batches = self.refiner_batches
+            if batches is not None:
+                lines.append(
+                    f"  batches of {batches['mean_queries']:.1f} queries / {batches['mean_proposals']:.0f} proposals "
+                    "on average (dynamic batching across concurrent queries)"
+                )
+            if self.degraded_queries or self.dropped_proposals:
+                lines.append(
+                    f"  {self.degraded_queries} queries answered unrefined (as the service would), "
+                    f"{self.dropped_proposals} proposals without frame features dropped"
+                )
+        if self.random_parts:
+            lines.append(
+                f"NOTE: RANDOM weights ({', '.join(self.random_parts)}): these numbers check the pipeline, not a model"
+            )
+        lines += ["", (f"{'NDCG':<6}" + "".join(f"{'@' + str(k):<{width}}" for k in ks)).rstrip()]
+        lines.append((f"{'IoU>=':<6}" + "".join("".join(f"{mu:<8g}" for mu in ious) + "  " for _ in ks)).rstrip())
+        rows = [("SP", self.sp), ("SPR", self.spr), ("UB", self.upper_bound)]
+        for name, report in rows:
+            if report is None:
+                continue
+            cells = "".join("".join(f"{report.ndcg[k][mu]:<8.4f}" for mu in ious) + "  " for k in ks)
+            lines.append(f"{name:<6}{cells}".rstrip())
+        lines.append("UB: perfect refinement and re-ranking of the padded proposals (paper Table 4)")
+        lines += ["", f"{'per query (ms)':<16}{'mean':>10}{'p50':>10}"]
+        for stage, values in self.timings_ms.items():
+            lines.append(f"{stage:<16}{values['mean']:>10.2f}{values['p50']:>10.2f}")
+        qps = self.num_queries / self.wall_s if self.wall_s > 0 else float("nan")
+        lines.append(
+            f"wall {self.wall_s:.2f} s for {self.num_queries} queries ({qps:.1f} queries/s, {self.workers} workers; "
+            "model loading excluded)"
+        )
+        return "\n".join(lines)
+
+
+# --- query files ------------------------------------------------------------------------------
+
+
+def load_eval_queries(path: str | os.PathLike[str]) -> list[EvalQuery]:
+    """The queries of a TVR-Ranking file (JSONL, JSON array, or a JSON object holding the array;
+    one record per query-moment pair with ``query_id``, ``query``, ``video_name``, ``timestamp``,
+    ``duration``, ``relevance``), in first-seen order. Raises
+    :class:`spr.training.data.AnnotationError` (a ValueError) naming the file and line."""
+    from spr.training.data import load_query_records
+
+    records = load_query_records(path, require_relevance=True)
+    return [
+        EvalQuery(
+            r.query_id,
+            r.query,
+            tuple(GroundTruthMoment(m.video_name, m.start_s, m.end_s, m.relevance) for m in r.moments),
+        )
+        for r in records
+    ]
+
+
+# --- the upper bound --------------------------------------------------------------------------
+
+
+class _Span(Protocol):
+    video_key: str
+    start_s: float
+    end_s: float
+
+
+def _coverage(gt: GroundTruthMoment, span: _Span) -> float:
+    """``|gt & span| / |gt|``: the IoU with ``gt`` of ``gt`` clipped to ``span`` (0 when disjoint)."""
+    if span.video_key != gt.video_name or gt.end_s <= gt.start_s:
+        return 0.0
+    overlap = min(gt.end_s, span.end_s) - max(gt.start_s, span.start_s)
+    return max(0.0, overlap) / (gt.end_s - gt.start_s)
+
+
+def upper_bound_relevances(
+    proposals: Sequence[_Span],
+    ground_truth: Sequence[GroundTruthMoment],
+    iou_threshold: float,
+    one_per_proposal: bool = True,
+) -> list[float]:
+    """Relevances of the moments a perfect refiner and re-ranker return from ``proposals`` (the
+    padded ones), best first: the ideal ranked list's gains at IoU >= ``iou_threshold``.
+
+    The reading of SPR section 4.6 implemented here:
+
+    * *perfect refinement*: a proposal that fully or partially contains a ground-truth moment
+      ``g`` (same video, positive overlap) can be refined to ``g`` clipped to the proposal, since
+      the refiner's boundaries never leave the padded span (:func:`refiner.model.frame_spans_to_seconds`
+      clips them). That moment's IoU with ``g`` is ``|g & p| / |g|``, so it counts at ``mu`` iff
+      that coverage is >= ``mu``: a fully contained ``g`` always counts, a partially contained one
+      only at low enough ``mu``. This is why the paper's UB falls with ``mu`` and rises with tau_C;
+      predicting ``g`` itself for any overlap would make UB the same at every ``mu``.
+    * *one moment per proposal* (``one_per_proposal``, default): the refiner returns one moment per
+      proposal and the metric matches each ground truth once, so proposals and ground truths are
+      paired one-to-one. Among all such pairings the one taken is optimal for every K at once:
+      ground truths in decreasing relevance, each kept if it can still be paired (an augmenting
+      path); pairings form a matroid, so this greedy choice dominates any other pairing
+      rank by rank. ``one_per_proposal=False`` lets one proposal yield every ground truth it
+      covers (a looser bound, for comparison).
+    * *perfect re-ranking*: the paired moments ranked by relevance, most relevant first.
+
+    Ground truths with relevance 0 or zero length earn nothing and are left out. The list is not
+    cut: take ``[:K]``. Any pipeline whose moments each lie inside a distinct padded proposal
+    (SP's unpadded proposals, SPR's refined moments) earns, under :func:`spr.metrics.evaluate_rankings`,
+    at most this list's DCG@K at every K."""
+    candidates = [g for g in ground_truth if g.relevance > 0 and g.end_s > g.start_s]
+    candidates.sort(key=lambda g: g.relevance, reverse=True)  # stable: file order among equals
+    edges: list[list[int]] = []
+    for g in candidates:
+        edges.append(
+            [
+                j
+                for j, p in enumerate(proposals)
+                if (c := _coverage(g, p)) > 0.0 and c >= iou_threshold
+            ]
+        )
+    if not one_per_proposal:
+        return [float(g.relevance) for g, e in zip(candidates, edges) if e]
+    owner: dict[int, int] = {}  # proposal index -> candidate index paired with it
+    earned: list[float] = []
+    for i, g in enumerate(candidates):
+        if edges[i] and _augment(i, edges, owner, set()):
+            earned.append(float(g.relevance))
+    return earned
+
+
+def _augment(i: int, edges: list[list[int]], owner: dict[int, int], seen: set[int]) -> bool:
+    """Kuhn's augmenting path from ground truth ``i``; updates ``owner`` on success."""
+    for j in edges[i]:
+        if j in seen:
+            continue
+        seen.add(j)
+        if j not in owner or _augment(owner[j], edges, owner, seen):
+            owner[j] = i
+            return True
+    return False
+
+
+def upper_bound_report(
+    proposals: Mapping[str, Sequence[_Span]],
+    ground_truth: Mapping[str, Sequence[GroundTruthMoment]],
+    ks: Sequence[int] = DEFAULT_KS,
+    iou_thresholds: Sequence[float] = DEFAULT_IOUS,
+    one_per_proposal: bool = True,
+) -> RankingReport:
+    """Mean upper-bound NDCG@K and Recall@K over the queries of ``ground_truth`` that have a
+    relevant moment (the queries :func:`spr.metrics.evaluate_rankings` counts), from each query's
+    padded ``proposals`` (missing: none). NDCG is the DCG of :func:`upper_bound_relevances` over the
+    ideal DCG of all the query's relevances; recall the paired relevant moments in the top K over
+    all relevant ones."""
+    ks, ious = list(ks), list(iou_thresholds)
+    ndcg = {k: {mu: 0.0 for mu in ious} for k in ks}
+    recall = {k: {mu: 0.0 for mu in ious} for k in ks}
+    counted = 0
+    for query_id, gt in ground_truth.items():
+        relevant = sum(1 for g in gt if g.relevance > 0)
+        if not relevant:
+            continue
+        counted += 1
+        ideal = sorted((g.relevance for g in gt), reverse=True)
+        spans = proposals.get(query_id, ())
+        for mu in ious:
+            earned = upper_bound_relevances(spans, gt, mu, one_per_proposal)
+            for k in ks:
+                ndcg[k][mu] += dcg(earned, k) / dcg(ideal, k)
+                recall[k][mu] += min(k, len(earned)) / relevant
+    if not counted:
+        raise ValueError("no query has relevant ground truth (relevance > 0); nothing to evaluate")
+    return RankingReport(
+        ndcg={k: {mu: v / counted for mu, v in row.items()} for k, row in ndcg.items()},
+        recall={k: {mu: v / counted for mu, v in row.items()} for k, row in recall.items()},
+        num_queries=counted,
+    )
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def predictions_to_json(predictions: Mapping[str, Sequence[PredictedMoment]]) -> dict[str, list[dict[str, Any]]]:
+    """``{query_id: [{"video_name", "timestamp": [s, e], "score"}, ...]}``, best first (the shape
+    :func:`spr.metrics.load_predictions` reads). Times are written exactly, not rounded."""
+    return {
+        qid: [{"video_name": m.video_name, "timestamp": [m.start_s, m.end_s], "score": m.score} for m in moments]
+        for qid, moments in predictions.items()
+    }
+
+
+def write_outputs(report: EvalReport, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """``sp_predictions.json``, ``spr_predictions.json`` (when refined) and ``metrics.json`` under
+    ``out_dir`` (created), each written atomically; returns their paths."""
+    folder = Path(out_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"sp_predictions.json": predictions_to_json(report.sp_predictions)}
+    spr = report.spr_predictions
+    if spr is not None:
+        files["spr_predictions.json"] = predictions_to_json(spr)
+    files["metrics.json"] = report.to_json()
+    written = []
+    for name, payload in files.items():
+        path = folder / name
+        tmp = folder / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(payload, indent=1 if name == "metrics.json" else None) + "\n")
+        os.replace(tmp, path)
+        written.append(path)
+    return written
+
+
+# --- the pipeline -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Embedded:
+    """Queries ready to search: ``search`` ``(N, dim)`` unit vectors; ``refiner`` ``(N, D_q)``
+    what the refiner gets (CLIP text features, or the embeddings when ``projected``)."""
+
+    search: np.ndarray
+    refiner: np.ndarray
+    projected: bool
+    ms_per_query: float
+    source: str
+    random_parts: tuple[str, ...]
+
+
+def run_evaluation(
+    config: Config,
+    queries: str | os.PathLike[str] | Sequence[EvalQuery],
+    options: EvalOptions = EvalOptions(),
+    *,
+    refiner: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Run every query of ``queries`` (a TVR-Ranking file or loaded :class:`EvalQuery` s) through
+    the configured stores and score SP, SPR (unless ``options.refine`` is False) and the upper
+    bound. ``refiner``: an :class:`refiner.model.SPRClipRefiner` to use instead of loading
+    ``refiner.checkpoint``. ``progress(done, total)`` is called as queries finish.
+
+    Raises :class:`EvalError` for a setup that cannot work (unknown collection, dimensions that
+    do not fit), :class:`spr.training.data.AnnotationError` for a bad query or feature file."""
+    from spr.catalog import SegmentCatalog
+    from spr.features import FrameFeatureStore
+    from spr.proposals import gap_rule_from_config
+    from spr.stores import CollectionNotFound, open_vector_store
+
+    _check_options(options)
+    items = load_eval_queries(queries) if isinstance(queries, (str, os.PathLike)) else list(queries)
+    if not items:
+        raise EvalError("no queries to evaluate")
+    collection = options.collection or config.vectors.collection
+    top_k = options.top_k_segments or config.proposals.top_k_segments
+    if not 1 <= top_k <= MAX_SEGMENTS_K:
+        raise EvalError(f"top-k segments must be in 1..{MAX_SEGMENTS_K}, got {top_k}")
+    pc = config.proposals
+    try:
+        gap_rule = gap_rule_from_config(pc.gap_rule, pc.max_missing_segments, pc.adaptive_alpha)
+    except ValueError as exc:
+        raise EvalError(f"proposals.gap_rule: {exc}") from None
+
+    catalog = SegmentCatalog.from_config(config)
+    store = open_vector_store(config)
+    try:
+        record = catalog.get_collection(collection)
+        if record is not None and record.backend != store.backend:
+            raise EvalError(
+                f"collection {collection!r} lives in the {record.backend} vector store; the configuration "
+                f"reads {store.backend} (vectors.backend)"
+            )
+        try:
+            dim = int(store.describe(collection).dim)
+        except CollectionNotFound:
+            known = ", ".join(sorted(store.list_collections())) or "none"
+            raise EvalError(
+                f"collection {collection!r} does not exist in the {store.backend} store (collections: {known}); "
+                f"pass --collection or import/ingest into it first"
+            ) from None
+        embedded = _embed_queries(config, items, options, collection, dim)
+        runner = _Runner(
+            config=config,
+            store=store,
+            catalog=catalog,
+            features=FrameFeatureStore(config.features_url) if options.refine else None,
+            collection=collection,
+            top_k=top_k,
+            gap_rule=gap_rule,
+            options=options,
+            embedded=embedded,
+            refiner=refiner,
+        )
+        try:
+            runner.warm_up()
+            t0 = time.perf_counter()
+            outcomes = runner.run(items, progress)
+            wall_s = time.perf_counter() - t0 - runner.load_s + embedded.ms_per_query * len(items) / 1e3
+        finally:
+            runner.close()
+    finally:
+        store.close()
+        catalog.close()
+
+    ground_truth = {q.query_id: list(q.ground_truth) for q in items}
+    ks, ious = list(options.ks), list(options.iou_thresholds)
+    try:
+        sp = evaluate_rankings({o.query_id: o.sp for o in outcomes}, ground_truth, ks, ious)
+        spr = (
+            evaluate_rankings({o.query_id: o.spr or [] for o in outcomes}, ground_truth, ks, ious)
+            if options.refine
+            else None
+        )
+        ub = upper_bound_report({o.query_id: o.padded for o in outcomes}, ground_truth, ks, ious)
+    except ValueError as exc:
+        raise EvalError(str(exc)) from None
+    return EvalReport(
+        collection=collection,
+        backend=store.backend,
+        num_queries=len(items),
+        top_k_segments=top_k,
+        max_moments=options.max_moments,
+        pad_s=pc.pad_s,
+        gap_rule=pc.gap_rule,
+        query_source=embedded.source,
+        workers=options.workers,
+        sp=sp,
+        spr=spr,
+        upper_bound=ub,
+        timings_ms=_timing_summary(outcomes, options.refine),
+        wall_s=wall_s,
+        outcomes=outcomes,
+        refiner=runner.refiner_name,
+        random_parts=embedded.random_parts + (("refiner",) if runner.refiner_random else ()),
+        degraded_queries=sum(1 for o in outcomes if o.degraded),
+        dropped_proposals=sum(o.dropped for o in outcomes),
+    )
+
+
+def _check_options(options: EvalOptions) -> None:
+    if options.max_moments < 1:
+        raise EvalError(f"max moments must be at least 1, got {options.max_moments}")
+    if options.workers < 1:
+        raise EvalError(f"workers must be at least 1, got {options.workers}")
+    if options.projected and not options.query_features:
+        raise EvalError("--projected describes --query-features; pass the feature file too")
+    if not options.ks or not options.iou_thresholds:
+        raise EvalError("need at least one K and one IoU threshold")
+
+
+def _embed_queries(
+    config: Config, items: Sequence[EvalQuery], options: EvalOptions, collection: str, dim: int
+) -> _Embedded:
+    """Every query as a search vector and a refiner input, with the per-query embedding time."""
+    from spr.stores import l2_normalize
+
+    if options.query_features:
+        from spr.training.data import load_query_features
+
+        loaded = load_query_features(options.query_features, [q.query_id for q in items])
+        raw = np.stack([loaded[q.query_id] for q in items]).astype(np.float32)
+        zero = [q.query_id for q, row in zip(items, raw) if not np.any(row)]
+        if zero:
+            raise EvalError(
+                f"{options.query_features}: the features of query {zero[0]!r} are all zeros ({len(zero)} such queries)"
+            )
+        if options.projected:
+            _check_dim(raw.shape[1], dim, "the projected query features", collection)
+            t0 = time.perf_counter()
+            search = l2_normalize(raw)
+            source = f"projected features ({options.query_features})"
+            return _Embedded(search, search, True, _per_query_ms(t0, items), source, ())
+        projectors = _text_projectors(config, raw.shape[1])
+        t0 = time.perf_counter()  # the per-query cost excludes reading the file and loading the projector
+        search = l2_normalize(_batched(projectors.project_texts, raw))
+        what = f"the query features after the text projector ({projectors.identity})"
+        _check_dim(search.shape[1], dim, what, collection)
+        source = f"features ({options.query_features})"
+        # Without a projector checkpoint queries pass through: the CLIP_mp baseline, not random weights.
+        return _Embedded(search, raw, False, _per_query_ms(t0, items), source, ())
+
+    from services.search import QueryEncoder
+    from spr.models.clip import clip_feature_dim
+
+    if not config.projector.checkpoint:  # queries stay CLIP-sized: refuse before loading CLIP
+        try:
+            clip_dim = clip_feature_dim(config.clip.model)
+        except ValueError as exc:
+            raise EvalError(str(exc)) from None
+        _check_dim(clip_dim, dim, f"text queries ({config.clip.model}, no projector)", collection)
+    try:
+        encoder = QueryEncoder.from_config(config)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:  # unknown model, weights not found
+        raise EvalError(f"cannot load the query encoder: {exc}") from None
+    _check_dim(encoder.dim, dim, f"text queries ({encoder.clip.identity} + {encoder.projectors.identity})", collection)
+    t1 = time.perf_counter()  # the per-query cost excludes loading the models
+    texts = [q.text for q in items]
+    features = np.concatenate(
+        [encoder.clip.encode_texts(texts[i : i + _EMBED_BATCH]) for i in range(0, len(texts), _EMBED_BATCH)]
+    )
+    search = l2_normalize(_batched(encoder.projectors.project_texts, features))
+    source = f"text ({encoder.clip.identity} + {encoder.projectors.identity})"
+    random_parts = ("CLIP",) if encoder.clip.random_weights else ()
+    return _Embedded(search, features.astype(np.float32), False, _per_query_ms(t1, items), source, random_parts)
+
+
+def _batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    return np.concatenate([fn(x[i : i + 1024]) for i in range(0, len(x), 1024)])
+
+
+def _per_query_ms(t0: float, items: Sequence[EvalQuery]) -> float:
+    return (time.perf_counter() - t0) * 1e3 / len(items)
+
+
+def _check_dim(got: int, dim: int, what: str, collection: str) -> None:
+    if got != dim:
+        raise EvalError(
+            f"{what} are {got}-d but collection {collection!r} holds {dim}-d vectors; evaluate with the CLIP model and "
+            f"projector that built it (or --query-features [--projected] of the right size)"
+        )
+
+
+def _text_projectors(config: Config, in_dim: int) -> Any:
+    from spr.models.projector import load_projectors
+
+    try:
+        return load_projectors(config.projector.checkpoint, in_dim, device="cpu")
+    except (ValueError, FileNotFoundError) as exc:
+        raise EvalError(f"cannot project {in_dim}-d query features: {exc}") from None
+
+
+class _Runner:
+    """Runs queries on a thread pool; owns the refiner (loaded on first use) and its batcher."""
+
+    def __init__(
+        self, *, config, store, catalog, features, collection, top_k, gap_rule, options, embedded, refiner
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.catalog = catalog
+        self.features = features
+        self.collection = collection
+        self.top_k = top_k
+        self.gap_rule = gap_rule
+        self.options = options
+        self.embedded = embedded
+        self._model = refiner
+        self._batcher = None
+        self._lock = threading.Lock()
+        self._failed: EvalError | None = None  # a refiner that cannot work fails every query alike
+        self.load_s = 0.0  # loading the refiner, on first use: in no stage's timing
+
+    @property
+    def refiner_name(self) -> str:
+        return "" if self._model is None else self._model.name
+
+    @property
+    def refiner_random(self) -> bool:
+        return bool(self._model is not None and self._model.random_weights)
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+
+    def warm_up(self) -> None:
+        """One untimed search and catalog lookup, so that the first query's timings do not carry
+        an index load or a connection set-up."""
+        from spr.retrieval import retrieve_proposals
+
+        retrieve_proposals(self.store, self.catalog, self.collection, self.embedded.search[0], top_k=self.top_k)
+
+    def run(self, items: Sequence[EvalQuery], progress: Callable[[int, int], None] | None) -> list[QueryOutcome]:
+        outcomes: list[QueryOutcome | None] = [None] * len(items)
+        done = 0
+        with ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix="spr-eval") as pool:
+            pending = {pool.submit(self.one, i, q): i for i, q in enumerate(items)}
+            try:
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        i = pending.pop(future)
+                        outcomes[i] = future.result()  # re-raises a worker's error
+                        done += 1
+                        if progress is not None:
+                            progress(done, len(items))
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        return [o for o in outcomes if o is not None]
+
+    # -- one query --------------------------------------------------------------------------
+
+    def one(self, index: int, query: EvalQuery) -> QueryOutcome:
+        from spr.retrieval import retrieve_proposals
+
+        coarse = retrieve_proposals(
+            self.store,
+            self.catalog,
+            self.collection,
+            self.embedded.search[index],
+            top_k=self.top_k,
+            gap_rule=self.gap_rule,
+            pad_s=self.config.proposals.pad_s,
+        )
+        timings = {"embed": self.embedded.ms_per_query, **coarse.timings_ms}
+        sp = [
+            PredictedMoment(p.video_key, p.start_s, p.end_s, float(p.best_score))
+            for p in coarse.proposals[: self.options.max_moments]
+        ]
+        outcome = QueryOutcome(query.query_id, sp, None, list(coarse.padded), timings)
+        if self.options.refine:
+            self._refine(index, coarse, outcome)
+        return outcome
+
+    def _refine(self, index: int, coarse: Any, outcome: QueryOutcome) -> None:
+        """Fill ``outcome.spr`` as a refined search would answer (SP where it would degrade)."""
+        from refiner.batching import RefineWork
+        from refiner.service import read_proposal_features
+
+        outcome.timings_ms["features"] = 0.0
+        outcome.timings_ms["refine"] = 0.0
+        pairs = list(zip(coarse.proposals, coarse.padded))[:MAX_REFINE_PROPOSALS]
+        if not pairs:
+            outcome.spr = []
+            return
+        if any(not (math.isfinite(p.start_s) and math.isfinite(p.end_s) and 0 <= p.start_s < p.end_s) for _, p in pairs):
+            return self._degrade(outcome, "a padded proposal is empty (the refiner refuses the call)")
+        t0 = time.perf_counter()
+        spans = [(coarse.location_of(p).video_id, padded.start_s, padded.end_s) for p, padded in pairs]
+        read = read_proposal_features(self.features, spans)
+        t1 = time.perf_counter()
+        outcome.timings_ms["features"] = (t1 - t0) * 1e3
+        kept = [(rank, padded, f) for rank, ((_, padded), f) in enumerate(zip(pairs, read)) if f is not None]
+        outcome.dropped = len(pairs) - len(kept)
+        if not kept:
+            return self._degrade(outcome, f"no frame features for any of its {len(pairs)} proposals")
+        dims = sorted({f.features.shape[1] for _, _, f in kept})
+        if len(dims) > 1:
+            raise EvalError(f"the frame features of one query's videos differ in size ({dims}): mixed CLIP models")
+        batcher = self._batcher_for(dims[0])
+        max_frames = batcher.model.shape.max_frames
+        if any(len(f.features) > max_frames for _, _, f in kept):
+            return self._degrade(outcome, f"a proposal spans more than the refiner's {max_frames} frames")
+        t2 = time.perf_counter()
+        work = RefineWork(self.embedded.refiner[index], [f.features for _, _, f in kept], self.embedded.projected)
+        result = batcher.submit(work).result()
+        outcome.timings_ms["refine"] = (time.perf_counter() - t2) * 1e3
+        outcome.batch_queries, outcome.batch_proposals = result.batch_queries, result.batch_proposals
+        outcome.spr = _refined_moments(kept, result)[: self.options.max_moments]
+
+    @staticmethod
+    def _degrade(outcome: QueryOutcome, reason: str) -> None:
+        outcome.degraded = reason
+        outcome.spr = list(outcome.sp)
+
+    def _batcher_for(self, in_dim: int) -> Any:
+        """The batcher, created with the refiner on first use (its input size is the frame
+        features' size, known once the first features are read)."""
+        with self._lock:
+            if self._failed is not None:
+                raise self._failed
+            if self._batcher is None:
+                try:
+                    self._start_batcher(in_dim)
+                except EvalError as exc:
+                    self._failed = exc
+                    raise
+            batcher = self._batcher
+        if in_dim != batcher.model.shape.in_dim:
+            raise EvalError(
+                f"frame features are {in_dim}-d but the refiner ({batcher.model.name}) takes "
+                f"{batcher.model.shape.in_dim}-d: features and refiner come from different CLIP models"
+            )
+        return batcher
+
+    def _start_batcher(self, in_dim: int) -> None:
+        """Load the refiner (unless given), check it fits the queries, start its batcher and run
+        one untimed forward pass (the first one pays for lazy initialisation)."""
+        from refiner.batching import DynamicBatcher, RefineWork
+        from refiner.model import load_refiner
+        from spr.models.clip import resolve_device, resolve_precision
+
+        started = time.perf_counter()
+        rc = self.config.refiner
+        if self._model is None:
+            try:
+                self._model = load_refiner(rc.checkpoint, in_dim, resolve_device(rc.device))
+            except (ValueError, FileNotFoundError, RuntimeError) as exc:
+                raise EvalError(str(exc)) from None
+        model = self._model
+        device = str(model.device)
+        expected = model.query_dim(self.embedded.projected)
+        got = self.embedded.refiner.shape[1]
+        if got != expected:
+            kind = "projected embeddings" if self.embedded.projected else "CLIP text features"
+            raise EvalError(f"the refiner ({model.name}) takes {expected}-d {kind}; the queries give {got}-d")
+        if model.shape.in_dim != in_dim:
+            raise EvalError(
+                f"frame features are {in_dim}-d but the refiner ({model.name}) takes {model.shape.in_dim}-d: "
+                "features and refiner come from different CLIP models"
+            )
+        max_batch = rc.max_batch_proposals or (4096 if device.startswith("cuda") else 512)
+        batcher = DynamicBatcher(
+            model, max_batch, rc.max_wait_ms, rc.max_batch_frames, resolve_precision(rc.precision, device)
+        )
+        warm = np.zeros(expected, dtype=np.float32)
+        warm[0] = 1.0
+        batcher.refine(RefineWork(warm, [np.zeros((4, in_dim), dtype=np.float16)], self.embedded.projected))
+        self._batcher = batcher
+        self.load_s = time.perf_counter() - started
+
+
+def _refined_moments(kept: Sequence[tuple[int, Any, Any]], result: Any) -> list[PredictedMoment]:
+    """Frame spans -> seconds inside each padded span and its video, best score first (ties by
+    coarse rank): what :class:`refiner.service.RefinerServicer` answers."""
+    from refiner.model import frame_spans_to_seconds
+
+    padded = [p for _, p, _ in kept]
+    features = [f for _, _, f in kept]
+    duration = np.array([p.video_duration_s if p.video_duration_s > 0 else math.inf for p in padded])
+    start_s, end_s = frame_spans_to_seconds(
+        result.start_idx,
+        result.end_idx,
+        np.array([f.first_s for f in features]),
+        np.array([f.rate for f in features]),
+        np.array([p.start_s for p in padded]),
+        np.minimum([p.end_s for p in padded], duration),
+    )
+    coarse_rank = np.array([rank for rank, _, _ in kept])
+    order = np.lexsort((coarse_rank, -result.scores))
+    return [
+        PredictedMoment(padded[i].video_key, float(start_s[i]), float(end_s[i]), float(result.scores[i]))
+        for i in order
+    ]
+
+
+def _timing_summary(outcomes: Sequence[QueryOutcome], refined: bool) -> dict[str, dict[str, float]]:
+    """Mean and median per stage over the queries, and of their per-query totals."""
+    stages = [s for s in STAGES if refined or s not in ("features", "refine")]
+    out: dict[str, dict[str, float]] = {}
+    if not outcomes:
+        return out
+    for stage in [*stages, "total"]:
+        if stage == "total":
+            values = np.array([sum(o.timings_ms.get(s, 0.0) for s in stages) for o in outcomes])
+        else:
+            values = np.array([o.timings_ms.get(stage, 0.0) for o in outcomes])
+        out[stage] = {"mean": float(values.mean()), "p50": float(np.median(values))}
+    return out
