@@ -25,6 +25,17 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_ingest)
 
+    p = sub.add_parser(
+        "reembed",
+        help="fill a NEW collection from the stored frame features with the configured projector (no decoding)",
+        description="Embed every ready video's stored per-second features with projector.checkpoint into a new "
+        "collection, under the same segment ids. The catalog and the current collection are untouched, so "
+        "searches go on; switch vectors.collection to the new one when it is complete.",
+    )
+    p.add_argument("--collection", required=True, help="the new collection")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=cmd_reembed)
+
     p = sub.add_parser("delete", help="remove videos from the catalog, the vector store and the feature store")
     p.add_argument("keys", nargs="+", metavar="VIDEO", help="video keys")
     p.set_defaults(handler=cmd_delete)
@@ -57,6 +68,36 @@ def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
     else:
         _print_summary(summary)
     return 1 if summary.videos_failed else 0
+
+
+def cmd_reembed(config: Any, args: argparse.Namespace) -> int:
+    from spr.errors import UsageError
+
+    from .reembed import ReembedError, reembed_collection
+
+    def progress(done: int, total: int) -> None:
+        print(f"reembed {done}/{total} videos", file=sys.stderr, flush=True)
+
+    try:
+        summary = reembed_collection(config, args.collection, on_batch=progress)
+    except ReembedError as exc:
+        raise UsageError(str(exc)) from None
+    report = {
+        "collection": summary.collection,
+        "feature_model": summary.feature_model,
+        "videos": summary.videos,
+        "segments": summary.segments,
+        "missing_features": summary.missing,
+        "wall_s": summary.wall_s,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"re-embedded {summary.videos} videos ({summary.segments} segments) into {summary.collection!r} "
+              f"with {summary.feature_model} in {summary.wall_s:.1f} s")
+        for key in summary.missing:
+            print(f"  no stored features: {key} (re-ingest it)", file=sys.stderr)
+    return 1 if summary.missing else 0
 
 
 def cmd_delete(config: Any, args: argparse.Namespace) -> int:

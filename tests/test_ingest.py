@@ -382,3 +382,40 @@ def test_a_touched_but_unchanged_file_is_skipped_by_its_content_hash(tmp_path):
     os.utime(videos / "same.mp4", (later, later))  # new mtime, same bytes: hashed, then skipped
     summary = run_ingest(config, sources, executor="inline", progress=IngestProgress(1, stream=None))
     assert (summary.videos_done, summary.videos_skipped, summary.segments_written) == (0, 1, 0)
+
+
+def test_reembed_fills_a_new_collection_from_stored_features_while_the_old_one_keeps_serving(tmp_path, corpus):
+    from spr.models.projector import ProjectorShape, build_projectors, save_projectors
+
+    config = make_config(tmp_path)
+    run_ingest(config, sources_from_paths([corpus]), executor="inline", progress=IngestProgress(4, stream=None))
+    ckpt = tmp_path / "proj.pt"
+    save_projectors(ckpt, build_projectors(ProjectorShape(in_dim=64, text_in_dim=64, dim=32, layers=1, heads=2)).eval(), clip_model="spr-tiny", step=1)
+    env = {"SPR_DATA_DIR": str(tmp_path / "data"), "SPR_CLIP__MODEL": "spr-tiny", "SPR_PROJECTOR__CHECKPOINT": str(ckpt)}
+    with pytest.raises(Exception, match="searches use now"):
+        from ingest.reembed import reembed_collection
+
+        reembed_collection(make_config(tmp_path, SPR_PROJECTOR__CHECKPOINT=str(ckpt)), "segments")
+    done = run_spr("reembed", "--collection", "trained", "--json", env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    catalog = SegmentCatalog.from_config(config)
+    store = open_vector_store(config)
+    features = FrameFeatureStore.from_config(config)
+    try:
+        assert report["videos"] == 4 and report["segments"] == catalog.segment_count()
+        assert report["feature_model"] == "spr-tiny/random + projector:proj.pt@1"
+        assert store.describe("trained").dim == 32 and store.count("trained") == catalog.segment_count()
+        assert store.count("segments") == catalog.segment_count()  # the old collection is untouched
+        assert catalog.count_by_status()["ready"] == 4  # nothing went pending
+        # Each video's vectors are its stored features through the projector, under the same ids.
+        from spr.models.projector import load_projectors
+
+        b = catalog.get_video("b.mp4")
+        stored = features.read(b.id)
+        expected = load_projectors(str(ckpt), 64).embed_segments(stored.features.astype(np.float32), 1.0, 4.0)
+        hits = store.search("trained", expected[3], 1).hits(0)
+        assert hits[0][0] == (b.id << 20) | 3 and hits[0][1] == pytest.approx(1.0, abs=1e-3)
+    finally:
+        store.close()
+        catalog.close()
