@@ -16,12 +16,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from spr.catalog import SegmentCatalog, VideoStatus
 from spr.config import Config
 from spr.features import FrameFeatureStore
 from spr.publish import VideoPayload, publish_videos, unpublish_video
 from spr.segments import segment_count
 from spr.stores import VectorStore, index_spec_from_config, index_spec_to_dict, open_vector_store
+from spr.telemetry import IngestMetrics, serve_metrics
 
 from .encoder import EncodedVideo, EncoderInfo, EncoderSettings, FailedVideo, SkippedVideo
 from .progress import IngestProgress
@@ -68,11 +71,16 @@ def run_ingest(
     force: bool = False,
     progress: IngestProgress | None = None,
     on_published: Callable[[list[str]], None] | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> IngestSummary:
     """Ingest ``sources`` into ``collection`` (default ``config.vectors.collection``).
 
     ``executor`` is ``"ray"`` (actors and decode tasks on the configured cluster, or a local
-    Ray) or ``"inline"`` (this process). ``force`` re-processes unchanged videos."""
+    Ray) or ``"inline"`` (this process). ``force`` re-processes unchanged videos.
+
+    Prometheus counters go to ``metrics_registry`` (default: the process's ingest registry) and,
+    when ``metrics.enabled``, are served on ``metrics.host``:``metrics.ingest_port`` (0: a free
+    port, logged) for the duration of the run."""
     collection = collection or config.vectors.collection
     settings = EncoderSettings.from_config(config)
     t0 = time.perf_counter()
@@ -81,6 +89,8 @@ def run_ingest(
     features = FrameFeatureStore.from_config(config)
     pool = None
     started_ray = False
+    metrics = IngestMetrics.for_registry(metrics_registry)
+    endpoint = serve_metrics(config.metrics, config.metrics.ingest_port, metrics.registry, "ingest")
     try:
         if executor == "ray":
             from .distributed import RayEncoderPool, start_ray
@@ -115,7 +125,7 @@ def run_ingest(
                 extra={"feature_model": info.feature_model},
             )
         progress = progress or IngestProgress(len(sources))
-        writer = _BatchWriter(catalog, store, features, collection, config, info, summary, progress, on_published)
+        writer = _BatchWriter(catalog, store, features, collection, config, info, summary, progress, on_published, metrics)
         try:
             _drive(pool, sources, catalog, force, writer, max(pool.capacity, config.ingest.max_videos_in_flight))
             writer.flush()
@@ -123,6 +133,7 @@ def run_ingest(
             catalog.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
             raise
         summary.wall_s = time.perf_counter() - t_work
+        metrics.set_rate(summary.video_seconds_per_s)
         catalog.update_run(
             run_id,
             videos_done=summary.videos_done + summary.videos_skipped,
@@ -133,6 +144,7 @@ def run_ingest(
         progress.finish()
         return summary
     finally:
+        metrics.set_in_flight(0)
         if pool is not None:
             pool.close()
         if started_ray:
@@ -141,6 +153,8 @@ def run_ingest(
             ray.shutdown()
         store.close()
         catalog.close()
+        if endpoint is not None:
+            endpoint.stop()
 
 
 def delete_videos(config: Config, keys: Sequence[str]) -> dict[str, bool]:
@@ -184,6 +198,7 @@ def _drive(pool: Any, sources: Sequence[VideoSource], catalog: SegmentCatalog, f
                 writer.skipped(source)
                 continue
             pool.submit(source, skip_hash)
+        writer.metrics.set_in_flight(pool.in_flight())
         for result in pool.wait(timeout_s=0.5):
             writer.add(result)
         writer.tick()
@@ -208,7 +223,7 @@ class _BatchWriter:
     """Publishes finished videos in batches (one vector upsert + flush per batch) and keeps
     the summary, the ingest-run row and the progress display current."""
 
-    def __init__(self, catalog, store, features, collection, config, info, summary, progress, on_published) -> None:
+    def __init__(self, catalog, store, features, collection, config, info, summary, progress, on_published, metrics) -> None:
         self.catalog = catalog
         self.store = store
         self.features = features
@@ -218,6 +233,8 @@ class _BatchWriter:
         self.summary = summary
         self.progress = progress
         self.on_published = on_published
+        self.metrics: IngestMetrics = metrics
+        self._started = time.perf_counter()
         self.batch: list[EncodedVideo] = []
         self.batch_frames = 0
         self._last_flush = time.monotonic()
@@ -243,6 +260,7 @@ class _BatchWriter:
 
     def skipped(self, source: VideoSource) -> None:
         self.summary.videos_skipped += 1
+        self.metrics.skipped()
         self.progress.update(skipped=1)
 
     def failed(self, source: VideoSource, error: str, digest: str | None = None) -> None:
@@ -253,6 +271,7 @@ class _BatchWriter:
         self.catalog.mark_failed(video.id, error)
         self.summary.videos_failed += 1
         self.summary.failures.append((source.key, error))
+        self.metrics.failed()
         self.catalog.increment_run(self.summary.run_id, videos_failed=1)
         self.progress.update(failed=1)
 
@@ -289,6 +308,8 @@ class _BatchWriter:
         s.segments_written += segments
         s.video_seconds += seconds
         s.frames += frames
+        self.metrics.published(len(batch), segments, frames, seconds)
+        self.metrics.set_rate(s.video_seconds / max(time.perf_counter() - self._started, 1e-9))
         self.catalog.increment_run(s.run_id, videos_done=len(batch), segments_written=segments)
         self.progress.update(done=len(batch), video_s=seconds, segments=segments, frames=frames)
         log.info(

@@ -25,11 +25,15 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .model import SPRClipRefiner
+
+if TYPE_CHECKING:
+    from spr.telemetry import RefinerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +172,7 @@ class DynamicBatcher:
         max_wait_ms: float = 2.0,
         max_batch_frames: int = 65_536,
         precision: str = "fp32",
+        metrics: "RefinerMetrics | None" = None,
     ) -> None:
         if max_batch_proposals < 1 or max_wait_ms < 0 or max_batch_frames < 1:
             raise ValueError("max_batch_proposals and max_batch_frames must be positive, max_wait_ms >= 0")
@@ -178,6 +183,7 @@ class DynamicBatcher:
         self.max_batch_proposals = max_batch_proposals
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_batch_frames = max_batch_frames
+        self.metrics = metrics  # batch sizes are recorded here when given
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
@@ -272,6 +278,8 @@ class DynamicBatcher:
             return
         model_ms = (time.perf_counter() - started) * 1000.0
         total = len(scores)
+        if self.metrics is not None:
+            self.metrics.record_batch(total, len(batch))
         lo = 0
         for p in batch:
             hi = lo + p.work.proposals

@@ -27,10 +27,12 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from spr import grpc_security
 from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc
 from spr.features import FrameFeatures, FrameFeatureStore
+from spr.telemetry import MetricsServer, RefinerMetrics, serve_metrics
 
 from .batching import BatcherClosed, DynamicBatcher, RefineOutcome, RefineWork
 from .model import SPRClipRefiner, frame_spans_to_seconds, load_refiner
@@ -75,14 +77,28 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         batcher: DynamicBatcher,
         read_pool: Executor | None = None,
         max_proposals: int = MAX_PROPOSALS,
+        metrics: RefinerMetrics | None = None,
     ) -> None:
         self.model = model
         self.store = store
         self.batcher = batcher
         self.read_pool = read_pool
         self.max_proposals = max_proposals
+        self.metrics = metrics if metrics is not None else RefinerMetrics.for_registry()
 
     def Refine(self, request: refiner_pb2.RefineRequest, context: grpc.ServicerContext) -> refiner_pb2.RefineResponse:
+        """:meth:`_refine`, its outcome recorded by status code (an aborted call's code comes
+        from the context; an unexpected exception is UNKNOWN, as gRPC reports it)."""
+        try:
+            response = self._refine(request, context)
+        except BaseException:
+            code = context.code() if hasattr(context, "code") else None
+            self.metrics.record(code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN")
+            raise
+        self.metrics.record("OK", response)
+        return response
+
+    def _refine(self, request: refiner_pb2.RefineRequest, context: grpc.ServicerContext) -> refiner_pb2.RefineResponse:
         started = time.perf_counter()
         try:
             query = self._validate(request)
@@ -229,6 +245,8 @@ class RefinerServer(grpc.Server):
         self.servicer = servicer
         self.health = health_servicer
         self._read_pool = read_pool
+        self.metrics_server: MetricsServer | None = None  # /metrics, when serve_refiner started one
+        self.metrics_port: int | None = None
 
     def stop(self, grace: float | None) -> threading.Event:
         self.health.enter_graceful_shutdown()
@@ -239,6 +257,8 @@ class RefinerServer(grpc.Server):
             stopped.wait()
             self.servicer.batcher.close()
             self._read_pool.shutdown(wait=False)
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
             done.set()
 
         threading.Thread(target=release, name="refiner-stop", daemon=True).start()
@@ -269,6 +289,8 @@ def serve_refiner(
     block: bool = False,
     *,
     in_dim: int | None = None,
+    metrics_port: int | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> tuple[RefinerServer, int]:
     """Start the refiner on ``config.services.host``:``port`` (default ``services.refiner_port``;
     0 picks a free port) and return the server and its bound port. ``block`` waits until the
@@ -276,7 +298,12 @@ def serve_refiner(
 
     ``in_dim`` is the CLIP feature size (default: that of ``clip.model``); the refiner comes from
     ``refiner.checkpoint`` (empty: random weights, flagged in every response); batching,
-    precision and worker threads from ``config.refiner``."""
+    precision and worker threads from ``config.refiner``.
+
+    Prometheus metrics go to ``metrics_registry`` (default: the process's refiner registry) and,
+    when ``metrics.enabled``, are served on ``metrics.host``:``metrics_port`` (None: the
+    configured ``metrics.refiner_port``; 0: a free one) as ``server.metrics_port``; an endpoint
+    that cannot start is a warning, never an error."""
     from spr.models.clip import clip_feature_dim, resolve_device, resolve_precision
 
     in_dim = in_dim if in_dim is not None else clip_feature_dim(config.clip.model)
@@ -284,11 +311,13 @@ def serve_refiner(
     model = load_refiner(config.refiner.checkpoint, in_dim, device)
     rc = config.refiner
     max_batch_proposals = rc.max_batch_proposals or (4096 if str(device).startswith("cuda") else 512)
+    metrics = RefinerMetrics.for_registry(metrics_registry)
     batcher = DynamicBatcher(
-        model, max_batch_proposals, rc.max_wait_ms, rc.max_batch_frames, resolve_precision(rc.precision, str(device))
+        model, max_batch_proposals, rc.max_wait_ms, rc.max_batch_frames, resolve_precision(rc.precision, str(device)),
+        metrics=metrics,
     )
     read_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="refiner-read")
-    servicer = RefinerServicer(model, FrameFeatureStore(config.features_url), batcher, read_pool)
+    servicer = RefinerServicer(model, FrameFeatureStore(config.features_url), batcher, read_pool, metrics=metrics)
 
     grpc_server = grpc.server(
         ThreadPoolExecutor(max_workers=rc.workers, thread_name_prefix="refiner-rpc"),
@@ -309,6 +338,10 @@ def serve_refiner(
     server.start()
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    server.metrics_server = serve_metrics(
+        config.metrics, config.metrics.refiner_port if metrics_port is None else metrics_port, metrics.registry, "refiner"
+    )
+    server.metrics_port = server.metrics_server.port if server.metrics_server is not None else None
     log.info(
         "refiner listening",
         extra={
@@ -319,6 +352,7 @@ def serve_refiner(
             "token": bool(config.security.token),
             "max_batch_proposals": max_batch_proposals,
             "max_wait_ms": config.refiner.max_wait_ms,
+            "metrics_port": server.metrics_port,
         },
     )
     if block:

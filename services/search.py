@@ -32,6 +32,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc, search_pb2, search_pb2_grpc
 from spr.catalog import SegmentCatalog
@@ -40,6 +41,7 @@ from spr.grpc_security import add_server_port, client_metadata, open_channel, se
 from spr.proposals import GapRule, Proposal, gap_rule_from_config
 from spr.retrieval import CoarseResult, retrieve_proposals
 from spr.stores import CollectionNotFound, SearchParams, VectorStore, index_spec_to_dict, l2_normalize, open_vector_store
+from spr.telemetry import MetricsServer, SearchMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -192,12 +194,14 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
         store: VectorStore,
         encoder: QueryEncoder,
         refiner: RefinerClient | None = None,
+        metrics: SearchMetrics | None = None,
     ) -> None:
         self.config = config
         self.catalog = catalog
         self.store = store
         self.encoder = encoder
         self.refiner = refiner
+        self.metrics = metrics if metrics is not None else SearchMetrics.for_registry()
         self.gap_rule: GapRule = gap_rule_from_config(
             config.proposals.gap_rule, config.proposals.max_missing_segments, config.proposals.adaptive_alpha
         )
@@ -243,7 +247,7 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     # -- RPCs ---------------------------------------------------------------------------------
 
     def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
-        return _answer(context, "Search", self.search, request)
+        return _answer(context, "Search", self.search, request, self.metrics.record)
 
     def CollectionStats(
         self, request: search_pb2.CollectionStatsRequest, context: grpc.ServicerContext
@@ -540,21 +544,34 @@ def _first_line(text: str) -> str:
 
 
 def _answer(
-    context: grpc.ServicerContext, method: str, handler: Callable[[Request], Response], request: Request
+    context: grpc.ServicerContext,
+    method: str,
+    handler: Callable[[Request], Response],
+    request: Request,
+    record: Callable[[str, Any], None] | None = None,
 ) -> Response:
     """Run ``handler``; refusals become their status, anything else INTERNAL with an incident id
-    (the traceback is logged under it, never sent)."""
+    (the traceback is logged under it, never sent). ``record(code_name, response or None)``
+    hears every outcome (metrics)."""
     try:
-        return handler(request)
+        response = handler(request)
     except RequestError as exc:
+        if record is not None:
+            record(exc.code.name, None)
         context.abort(exc.code, exc.message)
     except Exception as exc:
         incident = uuid.uuid4().hex[:12]
         log.exception("%s failed unexpectedly (incident %s): %s", method, incident, exc, extra={"incident": incident})
+        if record is not None:
+            record(grpc.StatusCode.INTERNAL.name, None)
         context.abort(
             grpc.StatusCode.INTERNAL,
             f"internal error in {method} ({type(exc).__name__}); see the search service log, incident {incident}",
         )
+    else:
+        if record is not None:
+            record(grpc.StatusCode.OK.name, response)
+        return response
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
@@ -570,6 +587,8 @@ class SearchServer(grpc.Server):
         self._server = server
         self.servicer = servicer
         self.health = health_servicer
+        self.metrics_server: MetricsServer | None = None  # /metrics, when serve_search started one
+        self.metrics_port: int | None = None
 
     def stop(self, grace: float | None) -> threading.Event:
         self.health.enter_graceful_shutdown()
@@ -579,6 +598,8 @@ class SearchServer(grpc.Server):
         def release() -> None:
             stopped.wait()
             self.servicer.close()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
             done.set()
 
         threading.Thread(target=release, name="search-stop", daemon=True).start()
@@ -609,6 +630,8 @@ def serve_search(
     refiner_target: str | None = None,
     block: bool = False,
     max_workers: int = DEFAULT_WORKERS,
+    metrics_port: int | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> tuple[SearchServer, int]:
     """Start the search service on ``config.services.host`` and ``port`` (None: the configured
     ``services.search_port``; 0: a free one) and return ``(server, bound_port)``.
@@ -618,18 +641,28 @@ def serve_search(
     there; without, they are not. Health
     (``""`` and ``spr.v1.SearchService``) and server reflection are served too; TLS and the bearer
     token follow ``config.security``. ``block`` waits until the server stops. ``server.stop(grace)``
-    drains calls, then closes the catalog, the store and the refiner channel."""
+    drains calls, then closes the catalog, the store and the refiner channel.
+
+    Prometheus metrics go to ``metrics_registry`` (default: the process's search registry) and,
+    when ``metrics.enabled``, are served on ``metrics.host``:``metrics_port`` (None: the
+    configured ``metrics.search_port``; 0: a free one) as ``server.metrics_port``; an endpoint
+    that cannot start is a warning, never an error."""
     refiner_target = refiner_target if refiner_target is not None else (config.services.refiner_target or None)
     encoder = QueryEncoder.from_config(config)
     catalog = SegmentCatalog.from_config(config)
     store = open_vector_store(config)
     refiner = RefinerClient(refiner_target, config.security, config.refiner.timeout_ms) if refiner_target else None
-    servicer = SearchServicer(config, catalog, store, encoder, refiner)
+    metrics = SearchMetrics.for_registry(metrics_registry)
+    servicer = SearchServicer(config, catalog, store, encoder, refiner, metrics)
     try:
         server, bound = start_search_server(config, servicer, port, max_workers)
     except BaseException:
         servicer.close()
         raise
+    server.metrics_server = serve_metrics(
+        config.metrics, config.metrics.search_port if metrics_port is None else metrics_port, metrics.registry, "search"
+    )
+    server.metrics_port = server.metrics_server.port if server.metrics_server is not None else None
     log.info(
         "search service listening on %s:%d",
         config.services.host,
@@ -643,6 +676,7 @@ def serve_search(
             "random_weights": encoder.random_weights,
             "tls": bool(config.security.tls_cert),
             "token": bool(config.security.token),
+            "metrics_port": server.metrics_port,
         },
     )
     if encoder.random_weights:
