@@ -30,9 +30,10 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from spr import grpc_security
+from spr.grpc_server import DrainingServer
 from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc
 from spr.features import FrameFeatures, FrameFeatureStore
-from spr.telemetry import MetricsServer, RefinerMetrics, serve_metrics
+from spr.telemetry import RefinerMetrics, serve_metrics
 
 from .batching import BatcherClosed, DynamicBatcher, RefineOutcome, RefineWork
 from .model import SPRClipRefiner, frame_spans_to_seconds, load_refiner
@@ -230,9 +231,9 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
             )
 
 
-class RefinerServer(grpc.Server):
-    """A started :class:`grpc.Server` that also owns the refiner's batcher and read pool:
-    ``stop()`` marks health NOT_SERVING, stops the server, then closes them."""
+class RefinerServer(DrainingServer):
+    """A started refiner server that also owns the batcher and the read pool, closed after
+    in-flight calls drained (see :class:`spr.grpc_server.DrainingServer`)."""
 
     def __init__(
         self,
@@ -241,46 +242,13 @@ class RefinerServer(grpc.Server):
         health_servicer: health.HealthServicer,
         read_pool: ThreadPoolExecutor,
     ) -> None:
-        self._server = server
+        super().__init__(server, health_servicer, "refiner")
         self.servicer = servicer
-        self.health = health_servicer
         self._read_pool = read_pool
-        self.metrics_server: MetricsServer | None = None  # /metrics, when serve_refiner started one
-        self.metrics_port: int | None = None
 
-    def stop(self, grace: float | None) -> threading.Event:
-        self.health.enter_graceful_shutdown()
-        stopped = self._server.stop(grace)
-        done = threading.Event()
-
-        def release() -> None:
-            stopped.wait()
-            self.servicer.batcher.close()
-            self._read_pool.shutdown(wait=False)
-            if self.metrics_server is not None:
-                self.metrics_server.stop()
-            done.set()
-
-        threading.Thread(target=release, name="refiner-stop", daemon=True).start()
-        return done
-
-    def start(self) -> None:
-        self._server.start()
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self._server.wait_for_termination(timeout)
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
-        self._server.add_registered_method_handlers(service_name, method_handlers)
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._server.add_insecure_port(address)
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        return self._server.add_secure_port(address, server_credentials)
+    def release(self) -> None:
+        self.servicer.batcher.close()
+        self._read_pool.shutdown(wait=False)
 
 
 def serve_refiner(

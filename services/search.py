@@ -38,10 +38,11 @@ from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc, search_pb2, s
 from spr.catalog import SegmentCatalog
 from spr.config import Config, SecurityConfig
 from spr.grpc_security import add_server_port, client_metadata, open_channel, server_interceptors
+from spr.grpc_server import DrainingServer
 from spr.proposals import GapRule, Proposal, gap_rule_from_config
 from spr.retrieval import CoarseResult, retrieve_proposals
 from spr.stores import CollectionNotFound, SearchParams, VectorStore, index_spec_to_dict, l2_normalize, open_vector_store
-from spr.telemetry import MetricsServer, SearchMetrics, serve_metrics
+from spr.telemetry import SearchMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -578,50 +579,16 @@ def _answer(
 # --- the server --------------------------------------------------------------------------------
 
 
-class SearchServer(grpc.Server):
-    """A started :class:`grpc.Server` that owns the servicer's catalog, store and refiner channel:
-    ``stop()`` reports NOT_SERVING to health checks, lets in-flight calls finish within the
-    grace period, then closes them."""
+class SearchServer(DrainingServer):
+    """A started search server that owns the servicer's catalog, store and refiner channel,
+    closed after in-flight calls drained (see :class:`spr.grpc_server.DrainingServer`)."""
 
     def __init__(self, server: grpc.Server, servicer: SearchServicer, health_servicer: health.HealthServicer) -> None:
-        self._server = server
+        super().__init__(server, health_servicer, "search")
         self.servicer = servicer
-        self.health = health_servicer
-        self.metrics_server: MetricsServer | None = None  # /metrics, when serve_search started one
-        self.metrics_port: int | None = None
 
-    def stop(self, grace: float | None) -> threading.Event:
-        self.health.enter_graceful_shutdown()
-        stopped = self._server.stop(grace)
-        done = threading.Event()
-
-        def release() -> None:
-            stopped.wait()
-            self.servicer.close()
-            if self.metrics_server is not None:
-                self.metrics_server.stop()
-            done.set()
-
-        threading.Thread(target=release, name="search-stop", daemon=True).start()
-        return done
-
-    def start(self) -> None:
-        self._server.start()
-
-    def wait_for_termination(self, timeout: float | None = None) -> bool:
-        return self._server.wait_for_termination(timeout)
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
-        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
-        self._server.add_registered_method_handlers(service_name, method_handlers)
-
-    def add_insecure_port(self, address: str) -> int:
-        return self._server.add_insecure_port(address)
-
-    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
-        return self._server.add_secure_port(address, server_credentials)
+    def release(self) -> None:
+        self.servicer.close()
 
 
 def serve_search(
