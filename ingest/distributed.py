@@ -57,7 +57,12 @@ def start_ray(address: str = "", data_dir: str | os.PathLike[str] = "", num_cpus
         kwargs["num_cpus"] = num_cpus
     if data_dir:
         kwargs["_temp_dir"] = ray_temp_dir(data_dir)
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # a busy host can miss Ray's start-up deadline; one more try
+        log.warning("local Ray did not start (%s); retrying once", exc)
+        ray.shutdown()
+        ray.init(**kwargs)
     return True
 
 
