@@ -151,7 +151,15 @@ class RayEncoderPool:
     ) -> None:
         import ray
 
-        use_gpus = ray.cluster_resources().get("GPU", 0) > 0 and settings.device != "cpu"
+        resources = ray.cluster_resources()
+        use_gpus = resources.get("GPU", 0) > 0 and settings.device != "cpu"
+        actors = max(1, actors)
+        # Actors hold their CPUs for life and every decode task needs `decode_cpus`: leave room
+        # for at least one decode task, or `--actors 2` on a 2-CPU host waits forever.
+        spare = max(0.0, float(resources.get("CPU", 0)) - decode_cpus)
+        if actors * cpus_per_actor > spare:
+            cpus_per_actor = spare / actors
+            log.warning("encoder actors share %.2f CPUs each so that decode tasks can run", cpus_per_actor)
         options: dict[str, Any] = {
             "num_cpus": cpus_per_actor,
             "num_gpus": gpus_per_actor if use_gpus else 0,
@@ -162,7 +170,7 @@ class RayEncoderPool:
         if not use_gpus and settings.device == "auto":
             settings = _replace(settings, device="cpu")
         actor_cls = ray.remote(_EncoderActor)
-        self._actors = [actor_cls.options(**options).remote(settings, decode_cpus) for _ in range(max(1, actors))]
+        self._actors = [actor_cls.options(**options).remote(settings, decode_cpus) for _ in range(actors)]
         self._per_actor = max(1, videos_per_actor)
         self._pending: dict[Any, tuple[int, VideoSource]] = {}
         self._load = [0] * len(self._actors)

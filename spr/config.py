@@ -206,7 +206,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    """Prometheus metrics endpoints (``/metrics``); port 0 turns one off."""
+    """Prometheus metrics endpoints (``/metrics``); ``enabled = false`` turns them off, port 0
+    binds a free port (logged). A port already taken only logs a warning."""
 
     enabled: bool = True
     host: str = "127.0.0.1"

@@ -419,3 +419,10 @@ def test_reembed_fills_a_new_collection_from_stored_features_while_the_old_one_k
     finally:
         store.close()
         catalog.close()
+
+
+def test_more_encoder_actors_than_spare_cpus_still_leave_room_for_decoding(tmp_path, corpus):
+    config = make_config(tmp_path)  # local Ray with 2 CPUs: 2 actors x 1 CPU would starve decoding
+    summary = run_ingest(config, sources_from_paths([corpus / "a.mp4", corpus / "d.mp4"]), executor="ray", actors=2,
+                         progress=IngestProgress(2, stream=None))
+    assert (summary.videos_done, summary.videos_failed) == (2, 0)
