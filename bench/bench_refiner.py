@@ -13,8 +13,9 @@ as the feature store returns them.
 
 1. **Proposals**: one query at a time (``max_wait_ms=0``) with 25 / 100 / 200 proposals.
 2. **Concurrency**: 1 / 4 / 16 / 64 client threads, each sending queries of 100 proposals back
-   to back (``max_wait_ms=2``, ``max_batch_proposals=512``, the service defaults): per-query
-   latency (submit to result), queries/s, and the mean ``batch_queries`` the batcher formed.
+   to back (``max_wait_ms=2``; ``max_batch_proposals`` as the service picks it: 512 on CPU, 4096
+   on a GPU): per-query latency (submit to result), queries/s, and the mean ``batch_queries``
+   the batcher formed.
 
 Model and queue times come from each query's :class:`refiner.batching.RefineOutcome`. Only
 torch, numpy and ``refiner.batching`` / ``refiner.model`` are imported, so it runs on a GPU
@@ -172,6 +173,7 @@ def sweep_concurrency(
                 "device": device,
                 "precision": precision,
                 "concurrent": c,
+                "cap": max_batch_proposals,
                 "proposals": proposals,
                 "queries": len(done),
                 "p50": pct(lat, 50),
@@ -214,7 +216,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="queries per client thread in the second sweep")
     ap.add_argument("--min-queries", type=int, default=16, help="at least this many queries per concurrency level")
     ap.add_argument("--max-wait-ms", type=float, default=2.0, help="batcher wait of the second sweep")
-    ap.add_argument("--max-batch-proposals", type=int, default=512, help="batcher cap (refiner.max_batch_proposals)")
+    ap.add_argument(
+        "--max-batch-proposals", type=int, default=0,
+        help="batcher cap (refiner.max_batch_proposals; 0 = the service's auto: 512 on CPU, 4096 on a GPU)",
+    )
     ap.add_argument("--dim", type=int, default=768, help="CLIP feature size (ViT-L-14: 768)")
     ap.add_argument("--skip-proposals", action="store_true", help="only the concurrency sweep")
     ap.add_argument("--skip-concurrency", action="store_true", help="only the proposal sweep")
@@ -243,7 +248,7 @@ def main() -> None:
                     args.rounds,
                     args.min_queries,
                     args.max_wait_ms,
-                    args.max_batch_proposals,
+                    args.max_batch_proposals or (4096 if device == "cuda" else 512),
                     args.dim,
                 )
         del model
@@ -262,12 +267,12 @@ def main() -> None:
             )
     if by_concurrency:
         print(f"\nConcurrent queries of {args.concurrent_proposals} proposals, max_wait_ms={args.max_wait_ms:g}, "
-              f"max_batch_proposals={args.max_batch_proposals}")
-        print("| device | precision | concurrent | queries | p50 ms | p99 ms | queries/s | mean batch_queries | model p50 ms | queue p50 ms | load | others |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+              f"cap = max_batch_proposals")
+        print("| device | precision | cap | concurrent | queries | p50 ms | p99 ms | queries/s | mean batch_queries | model p50 ms | queue p50 ms | load | others |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in by_concurrency:
             print(
-                f"| {r['device']} | {r['precision']} | {r['concurrent']} | {r['queries']} | {r['p50']:.1f} | "
+                f"| {r['device']} | {r['precision']} | {r['cap']} | {r['concurrent']} | {r['queries']} | {r['p50']:.1f} | "
                 f"{r['p99']:.1f} | {r['qps']:.2f} | {r['batch_queries']:.2f} | {r['model_p50']:.1f} | "
                 f"{r['queue_p50']:.1f} | {r['load']:.2f} | {r['others']:.2f} |"
             )
