@@ -4,6 +4,7 @@ be), the session's real Milvus server, and a runner for the ``spr`` command line
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -121,3 +122,26 @@ def milvus_uri(milvus_server_dir: Path | None) -> str:
     state = EmbeddedMilvus(milvus_server_dir).status()
     assert state is not None, "the session's Milvus server is gone"
     return state.uri
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1/localhost and its key (PEM) made with the openssl command (the
+    `cryptography` package is not a dependency). Without openssl the test skips, except in CI,
+    where the TLS paths of the gRPC services must run."""
+    if shutil.which("openssl") is None:
+        message = "the openssl command is needed to make a test certificate (apt-get install openssl)"
+        if _in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "1",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-keyout", str(key), "-out", str(cert),
+            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key

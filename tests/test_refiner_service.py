@@ -4,8 +4,6 @@ calls, bearer-token auth and TLS."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from conftest import self_signed_certificate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -266,23 +265,8 @@ def test_bearer_token_required(store_url: str) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def self_signed_certificate(directory: Path) -> tuple[str, str]:
-    """A certificate for localhost and 127.0.0.1 and its key (openssl; the `cryptography`
-    package is not a dependency)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test certificate")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return str(cert), str(key)
-
-
 def test_tls_with_token(store_url: str, tmp_path: Path) -> None:
-    cert, key = self_signed_certificate(tmp_path)
+    cert, key = map(str, self_signed_certificate(tmp_path))
     security = SecurityConfig(tls_cert=cert, tls_key=key, tls_ca=cert, token=TOKEN)
     with start(make_config(store_url, tls_cert=cert, tls_key=key, tls_ca=cert, token=TOKEN)) as (channel, port):
         metadata = grpc_security.client_metadata(security)

@@ -29,7 +29,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from conftest import run_spr
+from conftest import run_spr, self_signed_certificate
 from services.client import SearchClient
 from services.search import (
     QueryEncoder,
@@ -488,23 +488,6 @@ def test_reflection_lists_the_search_service(client: SearchClient):
 # --- TLS and the bearer token ------------------------------------------------------------------
 
 
-def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1/localhost and its key (PEM), via the openssl command."""
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-nodes", "-days", "1",
-            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-keyout", str(key), "-out", str(cert),
-            "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-@pytest.mark.skipif(not any(Path(p, "openssl").exists() for p in os.get_exec_path()), reason="needs the openssl command")
 def test_tls_and_token(corpus: Corpus, tmp_path: Path):
     from refiner.service import serve_refiner
 
