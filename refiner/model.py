@@ -47,6 +47,7 @@ __all__ = [
     "frame_spans_to_seconds",
     "load_refiner",
     "match_scores",
+    "place_refined",
     "save_refiner",
 ]
 
@@ -251,6 +252,29 @@ def frame_spans_to_seconds(
     hi = end_s if clip_hi_s is None else np.minimum(end_s, clip_hi_s)
     ok = hi > lo
     return np.where(ok, lo, start_s), np.where(ok, hi, end_s)
+
+
+def place_refined(
+    start_idx: np.ndarray,
+    end_idx: np.ndarray,
+    scores: np.ndarray,
+    first_s: np.ndarray,
+    rate: np.ndarray,
+    span_start_s: np.ndarray,
+    span_end_s: np.ndarray,
+    video_duration_s: np.ndarray,
+    coarse_rank: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Refined proposals as served, all arrays ``(P,)``: frame spans -> ``start_s``/``end_s``
+    inside each padded span and its video (a duration <= 0 means unknown), and the order that
+    ranks them: best score first, ties by coarse rank. The service and ``spr eval`` both use it,
+    so evaluation measures exactly what clients get."""
+    duration = np.where(np.asarray(video_duration_s, dtype=np.float64) > 0, video_duration_s, math.inf)
+    start_s, end_s = frame_spans_to_seconds(
+        start_idx, end_idx, first_s, rate, np.asarray(span_start_s, dtype=np.float64), np.minimum(span_end_s, duration)
+    )
+    order = np.lexsort((np.asarray(coarse_rank), -np.asarray(scores)))
+    return start_s, end_s, order
 
 
 def build_refiner(shape: RefinerShape) -> SPRClipRefiner:

@@ -36,7 +36,7 @@ from spr.features import FrameFeatures, FrameFeatureStore
 from spr.telemetry import RefinerMetrics, serve_metrics
 
 from .batching import BatcherClosed, DynamicBatcher, RefineOutcome, RefineWork
-from .model import SPRClipRefiner, frame_spans_to_seconds, load_refiner
+from .model import SPRClipRefiner, load_refiner, place_refined
 
 log = logging.getLogger(__name__)
 
@@ -201,19 +201,17 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         outcome: RefineOutcome,
     ) -> None:
         """Frame spans -> seconds inside each padded span and its video; moments best first."""
-        span_lo = np.array([p.start_s for p in proposals])
-        duration = np.array([p.video_duration_s if p.video_duration_s > 0 else math.inf for p in proposals])
-        span_hi = np.minimum([p.end_s for p in proposals], duration)
-        start_s, end_s = frame_spans_to_seconds(
+        start_s, end_s, order = place_refined(
             outcome.start_idx,
             outcome.end_idx,
+            outcome.scores,
             np.array([f.first_s for f in features]),
             np.array([f.rate for f in features]),
-            span_lo,
-            span_hi,
+            np.array([p.start_s for p in proposals]),
+            np.array([p.end_s for p in proposals]),
+            np.array([p.video_duration_s for p in proposals]),
+            np.array([p.coarse_rank for p in proposals]),
         )
-        coarse_rank = np.array([p.coarse_rank for p in proposals])
-        order = np.lexsort((coarse_rank, -outcome.scores))  # best score first, ties by coarse rank
         for i in order:
             p = proposals[i]
             response.moments.append(

@@ -834,21 +834,21 @@ class _Runner:
 def _refined_moments(kept: Sequence[tuple[int, Any, Any]], result: Any) -> list[PredictedMoment]:
     """Frame spans -> seconds inside each padded span and its video, best score first (ties by
     coarse rank): what :class:`refiner.service.RefinerServicer` answers."""
-    from refiner.model import frame_spans_to_seconds
+    from refiner.model import place_refined
 
     padded = [p for _, p, _ in kept]
     features = [f for _, _, f in kept]
-    duration = np.array([p.video_duration_s if p.video_duration_s > 0 else math.inf for p in padded])
-    start_s, end_s = frame_spans_to_seconds(
+    start_s, end_s, order = place_refined(
         result.start_idx,
         result.end_idx,
+        result.scores,
         np.array([f.first_s for f in features]),
         np.array([f.rate for f in features]),
         np.array([p.start_s for p in padded]),
-        np.minimum([p.end_s for p in padded], duration),
+        np.array([p.end_s for p in padded]),
+        np.array([p.video_duration_s for p in padded]),
+        np.array([rank for rank, _, _ in kept]),
     )
-    coarse_rank = np.array([rank for rank, _, _ in kept])
-    order = np.lexsort((coarse_rank, -result.scores))
     return [
         PredictedMoment(padded[i].video_key, float(start_s[i]), float(end_s[i]), float(result.scores[i]))
         for i in order
