@@ -48,9 +48,9 @@ def videos_per_s(model: str, precision: str, device: str, videos: int, seconds: 
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
-    from ingest.encoder import EncodedVideo, EncoderSettings, VideoEncoder
-    from ingest.sources import sources_from_paths
-    from ingest.synthetic_video import write_video
+    from spr.ingest.encoder import EncodedVideo, EncoderSettings, VideoEncoder
+    from spr.ingest.sources import sources_from_paths
+    from spr.ingest.synthetic_video import write_video
 
     with tempfile.TemporaryDirectory(prefix="spr-bench-clip-") as folder:
         paths = [write_video(Path(folder) / f"v{i}.mp4", seconds, fps=25, size=(640, 360), seed=i, preset="ultrafast") for i in range(videos)]

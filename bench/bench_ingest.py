@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from ingest.decode import probe_video, sample_frames
-from ingest.pipeline import run_ingest
-from ingest.progress import IngestProgress
-from ingest.sources import sources_from_paths
-from ingest.synthetic_video import write_video
+from spr.ingest.decode import probe_video, sample_frames
+from spr.ingest.pipeline import run_ingest
+from spr.ingest.progress import IngestProgress
+from spr.ingest.sources import sources_from_paths
+from spr.ingest.synthetic_video import write_video
 from spr.config import load_config
 
 

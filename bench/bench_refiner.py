@@ -37,12 +37,12 @@ import numpy as np
 import torch
 
 try:
-    from refiner.batching import DynamicBatcher, RefineOutcome, RefineWork
-    from refiner.model import load_refiner
+    from spr.refine.batching import DynamicBatcher, RefineOutcome, RefineWork
+    from spr.models.refiner import load_refiner
 except ImportError:  # a bare checkout (no `pip install -e .`): import from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from refiner.batching import DynamicBatcher, RefineOutcome, RefineWork
-    from refiner.model import load_refiner
+    from spr.refine.batching import DynamicBatcher, RefineOutcome, RefineWork
+    from spr.models.refiner import load_refiner
 
 
 def make_queries(n: int, proposals: int, frames: tuple[int, int], dim: int, seed: int) -> list[RefineWork]:

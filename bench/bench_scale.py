@@ -176,10 +176,10 @@ class IngestRow:
 def bench_ingest(
     videos: int, seconds: float, fps: float, size: tuple[int, int], actor_counts: list[int], ray_cpus: int
 ) -> list[IngestRow]:
-    from ingest.pipeline import run_ingest
-    from ingest.progress import IngestProgress
-    from ingest.sources import sources_from_paths
-    from ingest.synthetic_video import write_video
+    from spr.ingest.pipeline import run_ingest
+    from spr.ingest.progress import IngestProgress
+    from spr.ingest.sources import sources_from_paths
+    from spr.ingest.synthetic_video import write_video
     from spr.config import load_config
 
     rows = []
@@ -304,7 +304,7 @@ class LoadResult:
 
 def run_load(targets: list[str], queries: list[str], clients: int, max_queries: int, max_seconds: float) -> LoadResult:
     """``clients`` threads; query ``i`` goes to ``targets[i % len(targets)]``."""
-    from services.client import SearchClient
+    from spr.search.client import SearchClient
 
     result = LoadResult(per_replica=[0] * len(targets))
     counter = itertools.count()

@@ -195,7 +195,7 @@ def write_checkpoints(root: Path, clip_model: str) -> tuple[Path, Path]:
         return projector, refiner
     import torch
 
-    from refiner.model import RefinerShape, build_refiner, save_refiner
+    from spr.models.refiner import RefinerShape, build_refiner, save_refiner
     from spr.models.clip import clip_feature_dim
     from spr.models.projector import ProjectorShape, build_projectors, save_projectors
 
@@ -341,9 +341,9 @@ def _serve(env: dict[str, str], conn) -> None:
     config = load_config(environ=env)
     configure_logging(config.logging)
     # One warning per degraded search would flood the output; the benchmark counts them.
-    logging.getLogger("services.search").setLevel(logging.ERROR)
-    from refiner.service import serve_refiner
-    from services.search import serve_search
+    logging.getLogger("spr.search.service").setLevel(logging.ERROR)
+    from spr.refine.service import serve_refiner
+    from spr.search.service import serve_search
 
     # Metrics are recorded as in production; their endpoints go on free ports (0), never on the
     # configured ones another service on this host may hold.
@@ -396,7 +396,7 @@ def run_load(target: str, requests: list[dict], clients: int) -> tuple[list[Samp
     """Send ``requests`` (``SearchClient.search`` keyword arguments) from ``clients`` threads,
     each with its own channel, taking the next request as soon as its previous one returned.
     Returns the samples and the wall time in seconds."""
-    from services.client import SearchClient
+    from spr.search.client import SearchClient
 
     lock = threading.Lock()
     pending = list(reversed(requests))
@@ -509,7 +509,7 @@ def coverage(target: str, spec: CorpusSpec, requests: list[dict]) -> dict:
     """Untimed: the coarse proposals of ``requests`` (refine off, top_k 1000): how many per
     query, padded frames per proposal (1 per second), and the share whose video has features
     (the rest the refiner drops)."""
-    from services.client import SearchClient
+    from spr.search.client import SearchClient
 
     sizes = spec.video_sizes()
     per_query, frames, hot = [], [], 0

@@ -1,5 +1,5 @@
-"""The offline ingest pipeline: videos -> 1 fps CLIP features -> segment embeddings.
+"""The ingest stage (``spr.ingest``): videos -> 1 fps CLIP features -> segment embeddings.
 
-Built by the ingest issue on top of :mod:`spr`; the only stage that writes the catalog,
-the vector store and the frame-feature store.
+The only stage that writes the catalog, the vector store and the frame-feature store. It imports
+only the core (:mod:`spr` minus the stages); the command line (:mod:`spr.cli`) wires it up.
 """

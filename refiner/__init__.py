@@ -1,5 +1,5 @@
-"""The refinement and re-ranking model and its gRPC service (SPR_CLIP).
+"""The refine stage (``spr.refine``): the SPR_CLIP refiner's dynamic batcher and gRPC service.
 
-Built by the search issue on top of :mod:`spr`; reads per-second features from the
-frame-feature store, never decodes video.
+The model itself is core (:mod:`spr.models.refiner`), shared with the train stage. Reads
+per-second features from the frame-feature store, never decodes video.
 """

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .model import SPRClipRefiner
+from spr.models.refiner import SPRClipRefiner, pad_features
 
 if TYPE_CHECKING:
     from spr.telemetry import RefinerMetrics
@@ -46,25 +46,6 @@ __all__ = [
     "pad_features_on",
     "plan_chunks",
 ]
-
-
-def pad_features(
-    arrays: Sequence[np.ndarray], dtype: np.dtype | type = np.float32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Variable-length ``(T_i, D)`` arrays -> ``(P, T_max, D)`` tensor of ``dtype`` (zeros past
-    each end) and ``(P, T_max)`` bool mask, True on real frames. One copy, no Python loop over
-    frames: rows are concatenated and scattered through the mask."""
-    if not arrays:
-        raise ValueError("pad_features needs at least one array")
-    dims = {a.shape[1] for a in arrays if a.ndim == 2}
-    if len(dims) != 1 or any(a.ndim != 2 for a in arrays):
-        raise ValueError(f"arrays must all be (T_i, D) with one D, got shapes {[a.shape for a in arrays][:8]}")
-    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
-    t_max = max(int(lengths.max()), 1)
-    mask = np.arange(t_max)[None, :] < lengths[:, None]
-    padded = np.zeros((len(arrays), t_max, dims.pop()), dtype=dtype)
-    padded[mask] = np.concatenate(arrays, axis=0)  # row-major mask order == concatenation order
-    return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
 def plan_chunks(lengths: np.ndarray, max_padded_frames: int) -> list[np.ndarray]:

@@ -36,7 +36,7 @@ from spr.features import FrameFeatures, FrameFeatureStore
 from spr.telemetry import RefinerMetrics, serve_metrics
 
 from .batching import BatcherClosed, DynamicBatcher, RefineOutcome, RefineWork
-from .model import SPRClipRefiner, load_refiner, place_refined
+from spr.models.refiner import SPRClipRefiner, load_refiner, place_refined
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import av
 import numpy as np
 import pytest
 
-from ingest.decode import (
+from spr.ingest.decode import (
     DecodeError,
     SampledFrame,
     count_expected_frames,
@@ -27,7 +27,7 @@ from ingest.decode import (
     probe_video,
     sample_frames,
 )
-from ingest.synthetic_video import (
+from spr.ingest.synthetic_video import (
     marker_size,
     pick_encoder,
     second_of_frame,

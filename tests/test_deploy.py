@@ -926,7 +926,8 @@ def test_dockerfile_conventions(name: str) -> None:
     # The context is limited by <name>.Dockerfile.dockerignore, and what the image copies is in it.
     ignore = (DOCKER / f"{name}.Dockerfile.dockerignore").read_text().splitlines()
     included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    packages = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    # Every folder a package installs from (spr/, and the stages' ingest/, services/, refiner/).
+    packages = set(PYPROJECT["tool"]["setuptools"]["package-dir"].values())
     assert packages <= included
     for line in (line for stage in stages for line in stage if line.startswith("COPY ") and "--from=" not in line):
         sources = [t for t in shlex.split(line)[1:-1] if not t.startswith("--")]
@@ -985,7 +986,7 @@ def test_stage_manifest_maps_object_urls_to_the_mount(tmp_path: Path) -> None:
     ]
     assert staged.suffix == ".jsonl" and staged.parent.parent == tmp_path
     # `spr ingest` reads the staged file as it is.
-    from ingest.sources import sources_from_manifest
+    from spr.ingest.sources import sources_from_manifest
 
     sources = sources_from_manifest(staged)
     assert [s.path for s in sources] == [

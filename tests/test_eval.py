@@ -24,13 +24,13 @@ import pytest
 import torch
 
 from conftest import run_spr
-from ingest.importer import ImportOptions, import_features
-from refiner.model import RefinerShape, build_refiner, save_refiner
+from spr.ingest.importer import ImportOptions, import_features
+from spr.models.refiner import RefinerShape, build_refiner, save_refiner
 from spr.config import CatalogConfig, ClipConfig, Config, MilvusConfig, VectorsConfig
 from spr.metrics import GroundTruthMoment
 from spr.stores import open_vector_store
-from spr.training.data import AnnotationError
-from spr.training.evaluation import (
+from spr.data.tvr_ranking import AnnotationError
+from spr.eval.evaluation import (
     EvalError,
     EvalOptions,
     predictions_to_json,

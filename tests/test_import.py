@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import run_spr
-from ingest.importer import (
+from spr.ingest.importer import (
     ImportInputError,
     ImportOptions,
     embed_features,

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest.pipeline import delete_videos, run_ingest
-from ingest.progress import IngestProgress
-from ingest.sources import SourceError, sources_from_manifest, sources_from_paths
-from ingest.synthetic_video import truncate_copy, write_audio_only, write_corrupt, write_video
+from spr.ingest.pipeline import delete_videos, run_ingest
+from spr.ingest.progress import IngestProgress
+from spr.ingest.sources import SourceError, sources_from_manifest, sources_from_paths
+from spr.ingest.synthetic_video import truncate_copy, write_audio_only, write_corrupt, write_video
 from spr.catalog import SegmentCatalog
 from spr.config import load_config
 from spr.features import FrameFeatureStore
@@ -205,7 +205,7 @@ def test_a_collection_of_another_model_is_refused(tmp_path, corpus):
     sources = sources_from_paths([corpus / "sub" / "c.mkv"])
     run_ingest(config, sources, executor="inline", progress=IngestProgress(1, stream=None))
     other = make_config(tmp_path, SPR_CLIP__MODEL="ViT-B-32")
-    from ingest.pipeline import IngestError
+    from spr.ingest.pipeline import IngestError
 
     with pytest.raises(IngestError, match="new collection"):
         run_ingest(other, sources, executor="inline", progress=IngestProgress(1, stream=None))
@@ -393,7 +393,7 @@ def test_reembed_fills_a_new_collection_from_stored_features_while_the_old_one_k
     save_projectors(ckpt, build_projectors(ProjectorShape(in_dim=64, text_in_dim=64, dim=32, layers=1, heads=2)).eval(), clip_model="spr-tiny", step=1)
     env = {"SPR_DATA_DIR": str(tmp_path / "data"), "SPR_CLIP__MODEL": "spr-tiny", "SPR_PROJECTOR__CHECKPOINT": str(ckpt)}
     with pytest.raises(Exception, match="searches use now"):
-        from ingest.reembed import reembed_collection
+        from spr.ingest.reembed import reembed_collection
 
         reembed_collection(make_config(tmp_path, SPR_PROJECTOR__CHECKPOINT=str(ckpt)), "segments")
     done = run_spr("reembed", "--collection", "trained", "--json", env=env)

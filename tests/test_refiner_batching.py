@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.batching import BatcherClosed, DynamicBatcher, RefineWork, pad_features, pad_features_on
-from refiner.model import RefinerShape, SPRClipRefiner, build_refiner
+from spr.refine.batching import BatcherClosed, DynamicBatcher, RefineWork, pad_features, pad_features_on
+from spr.models.refiner import RefinerShape, SPRClipRefiner, build_refiner
 
 D = 16
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.batching import pad_features, plan_chunks
-from refiner.model import (
+from spr.refine.batching import pad_features, plan_chunks
+from spr.models.refiner import (
     RefinerShape,
     SPRClipRefiner,
     build_refiner,
@@ -303,7 +303,7 @@ def test_checkpoint_for_other_features_is_refused(tmp_path) -> None:
 
 
 def test_empty_checkpoint_gives_flagged_random_weights(caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="refiner.model"):
+    with caplog.at_level(logging.WARNING, logger="spr.models.refiner"):
         model = load_refiner("", in_dim=D)
     assert model.random_weights and model.name == "spr-clip/random"
     assert (model.shape.in_dim, model.shape.text_in_dim, model.shape.dim) == (D, D, D)

@@ -17,8 +17,8 @@ from conftest import self_signed_certificate
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from refiner.model import RefinerShape, build_refiner, save_refiner
-from refiner.service import MAX_PROPOSALS, SERVICE_NAME, serve_refiner
+from spr.models.refiner import RefinerShape, build_refiner, save_refiner
+from spr.refine.service import MAX_PROPOSALS, SERVICE_NAME, serve_refiner
 from spr import grpc_security
 from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc
 from spr.config import Config, FeaturesConfig, RefinerConfig, SecurityConfig, ServicesConfig

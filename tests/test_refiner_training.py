@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.model import RefinerShape, build_refiner, load_refiner
-from refiner.training import (
+from spr.models.refiner import RefinerShape, build_refiner, load_refiner
+from spr.train.refiner import (
     RefinerExample,
     RefinerTrainingOptions,
     TrainingProposal,

@@ -30,8 +30,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import run_spr, self_signed_certificate
-from services.client import SearchClient
-from services.search import (
+from spr.search.client import SearchClient
+from spr.search.service import (
     QueryEncoder,
     RefinerClient,
     SearchServicer,
@@ -153,7 +153,7 @@ def corpus(tmp_path_factory) -> Corpus:
 
 @pytest.fixture(scope="module")
 def refiner_target(corpus: Corpus) -> Iterator[str]:
-    from refiner.service import serve_refiner
+    from spr.refine.service import serve_refiner
 
     server, port = serve_refiner(corpus.config, port=0)
     yield f"127.0.0.1:{port}"
@@ -442,7 +442,7 @@ def test_an_unexpected_failure_is_internal_without_a_traceback(start_variant, co
             self.inner.close()
 
     broken = start_variant(store=BrokenStore(open_vector_store(corpus.config))).client
-    with caplog.at_level("ERROR", logger="services.search"):
+    with caplog.at_level("ERROR", logger="spr.search.service"):
         error = rpc_error(lambda: broken.search(embedding=corpus.event))
     assert error.code() == grpc.StatusCode.INTERNAL
     assert "incident" in error.details() and "RuntimeError" in error.details()
@@ -489,7 +489,7 @@ def test_reflection_lists_the_search_service(client: SearchClient):
 
 
 def test_tls_and_token(corpus: Corpus, tmp_path: Path):
-    from refiner.service import serve_refiner
+    from spr.refine.service import serve_refiner
 
     cert, key = self_signed_certificate(tmp_path)
     security = SecurityConfig(tls_cert=str(cert), tls_key=str(key), tls_ca=str(cert), token=TOKEN)
@@ -611,7 +611,7 @@ def test_spr_serve_serves_until_sigterm(corpus: Corpus):
 @pytest.mark.milvus
 @pytest.mark.postgres
 def test_search_on_milvus_and_postgresql(tmp_path: Path, milvus_uri: str, postgres_url: str):
-    from refiner.service import serve_refiner
+    from spr.refine.service import serve_refiner
 
     collection = f"t_search_{uuid.uuid4().hex[:8]}"
     config = make_config(

@@ -9,9 +9,9 @@ import zlib
 import numpy as np
 import pytest
 
-from ingest.importer import ImportedVideo, read_hdf5, read_manifest
-from spr.training.data import load_query_features, load_query_records
-from spr.training.synthetic import PLANTED_RELEVANCE, SAME_TYPE_RELEVANCE, SPLITS, make_synthetic_benchmark
+from spr.ingest.importer import ImportedVideo, read_hdf5, read_manifest
+from spr.data.tvr_ranking import load_query_features, load_query_records
+from spr.data.synthetic import PLANTED_RELEVANCE, SAME_TYPE_RELEVANCE, SPLITS, make_synthetic_benchmark
 
 
 def encoder(texts):

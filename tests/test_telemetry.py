@@ -22,12 +22,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.pipeline import run_ingest
-from ingest.progress import IngestProgress
-from ingest.sources import sources_from_paths
-from ingest.synthetic_video import write_corrupt, write_video
-from services.client import SearchClient
-from services.search import serve_search
+from spr.ingest.pipeline import run_ingest
+from spr.ingest.progress import IngestProgress
+from spr.ingest.sources import sources_from_paths
+from spr.ingest.synthetic_video import write_corrupt, write_video
+from spr.search.client import SearchClient
+from spr.search.service import serve_search
 from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc
 from spr.catalog import SegmentCatalog
 from spr.config import ClipConfig, Config, FaissConfig, MetricsConfig, ProposalsConfig, RefinerConfig, VectorsConfig
@@ -139,7 +139,7 @@ def config(tmp_path_factory) -> Config:
 
 @pytest.fixture(scope="module")
 def refiner(config: Config) -> Iterator[Service]:
-    from refiner.service import serve_refiner
+    from spr.refine.service import serve_refiner
 
     registry = CollectorRegistry()
     server, port = serve_refiner(config, port=0, metrics_registry=registry)

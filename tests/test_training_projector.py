@@ -24,7 +24,7 @@ from spr.config import TrainConfig, load_config
 from spr.features import FrameFeatures
 from spr.metrics import evaluate_rankings
 from spr.models.projector import load_projectors, untrained_projectors
-from spr.training.data import (
+from spr.data.tvr_ranking import (
     AnnotationError,
     QueryRecord,
     TrainingMoment,
@@ -33,7 +33,7 @@ from spr.training.data import (
     load_query_records,
     write_query_features,
 )
-from spr.training.projector import (
+from spr.train.projector import (
     ProjectorTrainingOptions,
     coarse_rankings,
     encode_query_texts,
@@ -42,7 +42,7 @@ from spr.training.projector import (
     prepare_training_data,
     train_projectors,
 )
-from spr.training.schedule import (
+from spr.train.schedule import (
     TrainState,
     build_optimizer,
     capture_rng,
@@ -52,7 +52,7 @@ from spr.training.schedule import (
     seed_everything,
     warmup_cosine,
 )
-from spr.training.synthetic import make_synthetic_benchmark
+from spr.data.synthetic import make_synthetic_benchmark
 
 from conftest import run_spr
 
@@ -264,7 +264,7 @@ def test_training_data_masks_every_positive_of_a_query_and_skips_unusable_moment
     # Query a's rows hold all three segments; query b's row only the shared one.
     np.testing.assert_array_equal(mask, [[True, True, True], [True, True, True], [False, False, True]])
     # The trainer's batches build the same mask with torch (on the training device).
-    from spr.training.projector import _Batcher
+    from spr.train.projector import _Batcher
 
     text_b, frames_b, mask_b, positive = _Batcher(data, torch.device("cpu"))(torch.tensor([0, 0, 1]), torch.from_numpy(segs))
     np.testing.assert_array_equal(positive.numpy(), mask)
@@ -446,8 +446,8 @@ def test_the_checkpoint_loads_with_load_projectors(trained):
 
 def test_the_checkpoint_loads_through_the_ingest_configuration_key(trained, tmp_path):
     bench, projectors, _, out, _, _ = trained
-    from ingest.encoder import EncoderSettings, VideoEncoder
-    from ingest.importer import ImportOptions, import_features
+    from spr.ingest.encoder import EncoderSettings, VideoEncoder
+    from spr.ingest.importer import ImportOptions, import_features
 
     config = load_config(environ={"SPR_DATA_DIR": str(tmp_path), "SPR_CLIP__MODEL": "spr-tiny", "SPR_PROJECTOR__CHECKPOINT": str(out)})
     encoder = VideoEncoder(EncoderSettings.from_config(config))

@@ -26,7 +26,7 @@ def main() -> int:
         return 2
     configure_logging(config.logging)
 
-    from refiner.service import serve_refiner
+    from spr.refine.service import serve_refiner
 
     serve_refiner(config, block=True)
     return 0

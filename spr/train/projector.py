@@ -49,7 +49,7 @@ from spr.models.projector import (
 )
 from spr.segments import segment_bounds
 
-from .data import QueryRecord
+from spr.data.tvr_ranking import QueryRecord
 from .schedule import TrainState, build_optimizer, load_train_state, save_train_state, seed_everything, warmup_cosine
 
 log = logging.getLogger(__name__)

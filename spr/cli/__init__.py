@@ -16,17 +16,17 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
-from . import __version__
-from .config import Config, ConfigError, load_config
-from .errors import UsageError
-from .logs import configure_logging
+from spr import __version__
+from spr.config import Config, ConfigError, load_config
+from spr.errors import UsageError
+from spr.logs import configure_logging
 
 log = logging.getLogger("spr")
 
 # Each stage owns its subcommands: these modules define ``add_commands(subparsers)``; their
 # handlers take ``(config, args)`` like the ones below. They must import nothing heavy at
 # module level (``spr version`` should not load torch).
-COMMAND_MODULES = ("ingest.cli", "ingest.importer_cli", "services.cli", "spr.training.cli")
+COMMAND_MODULES = ("spr.cli.ingest", "spr.cli.importer", "spr.cli.serve", "spr.cli.train")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,7 +111,7 @@ def cmd_version(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_config(config: Config, args: argparse.Namespace) -> int:
-    from .catalog import masked_url
+    from spr.catalog import masked_url
 
     shown = asdict(config)
     shown["catalog"]["url"] = masked_url(config.catalog_url)
@@ -124,8 +124,8 @@ def cmd_config(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from .catalog import SegmentCatalog, masked_url
-    from .stores import open_vector_store
+    from spr.catalog import SegmentCatalog, masked_url
+    from spr.stores import open_vector_store
 
     with SegmentCatalog.from_config(config) as catalog:
         counts = catalog.count_by_status()
@@ -155,7 +155,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_smoke(config: Config, args: argparse.Namespace) -> int:
-    from .smoke import run_smoke
+    from spr.smoke import run_smoke
 
     if args.videos < 1 or args.events < 1:
         raise UsageError("--videos and --events must be at least 1")
@@ -171,7 +171,7 @@ def cmd_smoke(config: Config, args: argparse.Namespace) -> int:
 def cmd_milvus(config: Config, args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .stores.milvus_server import EmbeddedMilvus, MilvusServerError
+    from spr.stores.milvus_server import EmbeddedMilvus, MilvusServerError
 
     data_dir = Path(args.dir).expanduser() if args.dir else config.milvus_embedded_path
     port = config.milvus.embedded_port if args.port is None else args.port
@@ -252,11 +252,8 @@ def _smoke_json(report: Any) -> dict[str, Any]:
 
 
 def _is_operational(exc: BaseException) -> bool:
-    from .catalog import CatalogUnavailable
-    from .stores import CollectionExists, CollectionNotFound
+    from spr.catalog import CatalogUnavailable
+    from spr.stores import CollectionExists, CollectionNotFound
 
     return isinstance(exc, (CatalogUnavailable, CollectionNotFound, CollectionExists, ConnectionError))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

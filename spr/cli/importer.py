@@ -81,7 +81,7 @@ def add_commands(sub: Any) -> None:
 def cmd_import(config: Any, args: argparse.Namespace) -> int:
     from spr.cli import UsageError
 
-    from .importer import ImportInputError, ImportOptions, import_features
+    from spr.ingest.importer import ImportInputError, ImportOptions, import_features
 
     if args.progress_every < 0:
         raise UsageError("--progress-every must be 0 or more")

@@ -66,8 +66,8 @@ def add_eval_command(sub: Any) -> None:
 def cmd_eval(config: Any, args: argparse.Namespace) -> int:
     from spr.errors import UsageError
 
-    from .data import AnnotationError
-    from .evaluation import EvalError, EvalOptions, run_evaluation, write_outputs
+    from spr.data.tvr_ranking import AnnotationError
+    from spr.eval.evaluation import EvalError, EvalOptions, run_evaluation, write_outputs
 
     options = EvalOptions(
         collection=args.collection,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
     "frame_spans_to_seconds",
     "load_refiner",
     "match_scores",
+    "pad_features",
     "place_refined",
     "save_refiner",
 ]
@@ -275,6 +277,25 @@ def place_refined(
     )
     order = np.lexsort((np.asarray(coarse_rank), -np.asarray(scores)))
     return start_s, end_s, order
+
+
+def pad_features(
+    arrays: Sequence[np.ndarray], dtype: np.dtype | type = np.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length ``(T_i, D)`` arrays -> ``(P, T_max, D)`` tensor of ``dtype`` (zeros past
+    each end) and ``(P, T_max)`` bool mask, True on real frames. One copy, no Python loop over
+    frames: rows are concatenated and scattered through the mask."""
+    if not arrays:
+        raise ValueError("pad_features needs at least one array")
+    dims = {a.shape[1] for a in arrays if a.ndim == 2}
+    if len(dims) != 1 or any(a.ndim != 2 for a in arrays):
+        raise ValueError(f"arrays must all be (T_i, D) with one D, got shapes {[a.shape for a in arrays][:8]}")
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    t_max = max(int(lengths.max()), 1)
+    mask = np.arange(t_max)[None, :] < lengths[:, None]
+    padded = np.zeros((len(arrays), t_max, dims.pop()), dtype=dtype)
+    padded[mask] = np.concatenate(arrays, axis=0)  # row-major mask order == concatenation order
+    return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
 def build_refiner(shape: RefinerShape) -> SPRClipRefiner:

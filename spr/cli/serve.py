@@ -65,7 +65,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_serve(config: Any, args: argparse.Namespace) -> int:
-    from services.search import serve_search
+    from spr.search.service import serve_search
 
     host = config.services.host
     refiner_server = None
@@ -73,7 +73,7 @@ def cmd_serve(config: Any, args: argparse.Namespace) -> int:
     if refiner_target:
         _say(f"refiner  remote at {refiner_target}")
     elif not args.no_refiner:
-        from refiner.service import serve_refiner
+        from spr.refine.service import serve_refiner
 
         refiner_port = config.services.refiner_port if args.refiner_port is None else args.refiner_port
         refiner_server, bound_refiner = serve_refiner(config, port=refiner_port)
@@ -119,7 +119,7 @@ def _say(line: str) -> None:
 
 
 def cmd_demo(config: Any, args: argparse.Namespace) -> int:
-    from services.demo import print_report, run_demo
+    from spr.cli.demo import print_report, run_demo
 
     report = run_demo(config, executor=args.executor, out=sys.stdout)
     print_report(report, sys.stdout)
@@ -134,7 +134,7 @@ def cmd_demo(config: Any, args: argparse.Namespace) -> int:
 def cmd_search(config: Any, args: argparse.Namespace) -> int:
     import grpc
 
-    from services.client import SearchClient
+    from spr.search.client import SearchClient
     from spr.errors import UsageError
 
     metadata = _parse_meta(args.meta)

@@ -44,8 +44,8 @@ def add_commands(sub: Any) -> None:
 def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
     from spr.errors import UsageError
 
-    from .pipeline import IngestError, run_ingest
-    from .sources import SourceError, sources_from_manifest, sources_from_paths
+    from spr.ingest.pipeline import IngestError, run_ingest
+    from spr.ingest.sources import SourceError, sources_from_manifest, sources_from_paths
 
     if bool(args.paths) == bool(args.manifest):
         raise UsageError("give video PATHs or --manifest FILE (one of the two)")
@@ -73,7 +73,7 @@ def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
 def cmd_reembed(config: Any, args: argparse.Namespace) -> int:
     from spr.errors import UsageError
 
-    from .reembed import ReembedError, reembed_collection
+    from spr.ingest.reembed import ReembedError, reembed_collection
 
     def progress(done: int, total: int) -> None:
         print(f"reembed {done}/{total} videos", file=sys.stderr, flush=True)
@@ -101,7 +101,7 @@ def cmd_reembed(config: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_delete(config: Any, args: argparse.Namespace) -> int:
-    from .pipeline import delete_videos
+    from spr.ingest.pipeline import delete_videos
 
     missing = 0
     for key, existed in delete_videos(config, args.keys).items():

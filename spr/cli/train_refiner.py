@@ -41,10 +41,10 @@ def cmd_train_refiner(config: Any, args: argparse.Namespace) -> int:
     from spr.errors import UsageError
     from spr.models.clip import load_clip_from_config, resolve_device
     from spr.models.projector import load_projectors
-    from spr.training.data import AnnotationError, load_query_features, load_query_records
+    from spr.data.tvr_ranking import AnnotationError, load_query_features, load_query_records
 
-    from .model import RefinerShape
-    from .training import RefinerTrainingOptions, examples_from_stores, train_refiner
+    from spr.models.refiner import RefinerShape
+    from spr.train.refiner import RefinerTrainingOptions, examples_from_stores, train_refiner
 
     t = config.train
     try:

@@ -40,7 +40,7 @@ import numpy as np
 
 from spr.features import FrameFeatures
 
-from .data import QueryRecord, TrainingMoment, write_query_features, write_query_records
+from spr.data.tvr_ranking import QueryRecord, TrainingMoment, write_query_features, write_query_records
 
 __all__ = ["EventType", "PlantedEvent", "SyntheticBenchmark", "make_synthetic_benchmark", "SPLITS"]
 

@@ -89,7 +89,7 @@ class DemoReport:
 
 def write_corpus(folder: Path) -> list[Path]:
     """The demo videos (160x120, 5 fps), written once and reused."""
-    from ingest.synthetic_video import write_video
+    from spr.ingest.synthetic_video import write_video
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -105,11 +105,11 @@ def write_corpus(folder: Path) -> list[Path]:
 
 def run_demo(config: Config, executor: str = "ray", out: TextIO | None = None) -> DemoReport:
     """Generate, ingest, serve, query; returns what happened (and prints it to ``out``)."""
-    from ingest.pipeline import run_ingest
-    from ingest.sources import sources_from_paths
-    from refiner.service import serve_refiner
-    from services.client import SearchClient
-    from services.search import serve_search
+    from spr.ingest.pipeline import run_ingest
+    from spr.ingest.sources import sources_from_paths
+    from spr.refine.service import serve_refiner
+    from spr.search.client import SearchClient
+    from spr.search.service import serve_search
     from spr.catalog import SegmentCatalog
     from spr.features import FrameFeatureStore
     from spr.stores import l2_normalize

@@ -30,8 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .batching import pad_features
-from .model import RefinerShape, SPRClipRefiner, build_refiner, save_refiner
+from spr.models.refiner import RefinerShape, SPRClipRefiner, build_refiner, pad_features, save_refiner
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +224,7 @@ def train_refiner(
 ) -> tuple[SPRClipRefiner, RefinerTrainingSummary]:
     """Train a refiner of ``shape`` (or continue ``init``) on ``examples``; the final weights go
     to ``out`` with :func:`save_refiner` (``meta``: clip model, data...)."""
-    from spr.training.schedule import build_optimizer, seed_everything, warmup_cosine
+    from spr.train.schedule import build_optimizer, seed_everything, warmup_cosine
 
     usable = [ex for ex in examples if ex.positives > 0 and ex.proposals]
     if not usable:

@@ -268,7 +268,7 @@ def load_eval_queries(path: str | os.PathLike[str]) -> list[EvalQuery]:
     one record per query-moment pair with ``query_id``, ``query``, ``video_name``, ``timestamp``,
     ``duration``, ``relevance``), in first-seen order. Raises
     :class:`spr.training.data.AnnotationError` (a ValueError) naming the file and line."""
-    from spr.training.data import load_query_records
+    from spr.data.tvr_ranking import load_query_records
 
     records = load_query_records(path, require_relevance=True)
     return [
@@ -575,7 +575,7 @@ def _embed_queries(
     from spr.stores import l2_normalize
 
     if options.query_features:
-        from spr.training.data import load_query_features
+        from spr.data.tvr_ranking import load_query_features
 
         loaded = load_query_features(options.query_features, [q.query_id for q in items])
         raw = np.stack([loaded[q.query_id] for q in items]).astype(np.float32)
@@ -599,7 +599,7 @@ def _embed_queries(
         # Without a projector checkpoint queries pass through: the CLIP_mp baseline, not random weights.
         return _Embedded(search, raw, False, _per_query_ms(t0, items), source, ())
 
-    from services.search import QueryEncoder
+    from spr.search.service import QueryEncoder
     from spr.models.clip import clip_feature_dim
 
     if not config.projector.checkpoint:  # queries stay CLIP-sized: refuse before loading CLIP
@@ -735,8 +735,8 @@ class _Runner:
 
     def _refine(self, index: int, coarse: Any, outcome: QueryOutcome) -> None:
         """Fill ``outcome.spr`` as a refined search would answer (SP where it would degrade)."""
-        from refiner.batching import RefineWork
-        from refiner.service import read_proposal_features
+        from spr.refine.batching import RefineWork
+        from spr.refine.service import read_proposal_features
 
         outcome.timings_ms["features"] = 0.0
         outcome.timings_ms["refine"] = 0.0
@@ -797,8 +797,8 @@ class _Runner:
     def _start_batcher(self, in_dim: int) -> None:
         """Load the refiner (unless given), check it fits the queries, start its batcher and run
         one untimed forward pass (the first one pays for lazy initialisation)."""
-        from refiner.batching import DynamicBatcher, RefineWork
-        from refiner.model import load_refiner
+        from spr.refine.batching import DynamicBatcher, RefineWork
+        from spr.models.refiner import load_refiner
         from spr.models.clip import resolve_device, resolve_precision
 
         started = time.perf_counter()
@@ -834,7 +834,7 @@ class _Runner:
 def _refined_moments(kept: Sequence[tuple[int, Any, Any]], result: Any) -> list[PredictedMoment]:
     """Frame spans -> seconds inside each padded span and its video, best score first (ties by
     coarse rank): what :class:`refiner.service.RefinerServicer` answers."""
-    from refiner.model import place_refined
+    from spr.models.refiner import place_refined
 
     padded = [p for _, p, _ in kept]
     features = [f for _, _, f in kept]

@@ -75,8 +75,8 @@ def add_projector_commands(train_sub: Any) -> None:
 def cmd_train_projector(config: Any, args: argparse.Namespace) -> int:
     from spr.errors import UsageError
 
-    from .data import AnnotationError, load_query_features, load_query_records
-    from .projector import (
+    from spr.data.tvr_ranking import AnnotationError, load_query_features, load_query_records
+    from spr.train.projector import (
         CatalogFrameSource,
         Hdf5FrameSource,
         ProjectorTrainingOptions,
@@ -207,7 +207,7 @@ def add_synthetic_commands(train_sub: Any) -> None:
 def cmd_train_synthetic(config: Any, args: argparse.Namespace) -> int:
     from spr.errors import UsageError
 
-    from .synthetic import make_synthetic_benchmark
+    from spr.data.synthetic import make_synthetic_benchmark
 
     encoder, name = None, ""
     dim = args.dim
@@ -248,7 +248,7 @@ def cmd_train_synthetic(config: Any, args: argparse.Namespace) -> int:
 # (e.g. the refiner's ``add_refiner_commands``) to this list.
 def _add_refiner_commands(train_sub: Any) -> None:
     # The refiner's training lives with its model (refiner/); its parser imports nothing heavy.
-    from refiner.train_cli import add_refiner_commands
+    from spr.cli.train_refiner import add_refiner_commands
 
     add_refiner_commands(train_sub)
 
@@ -258,7 +258,7 @@ TRAIN_COMMANDS: list[Callable[[Any], None]] = [add_projector_commands, _add_refi
 # Top-level commands of this package (``spr eval``): each function gets the top-level ``spr``
 # subparsers.
 def _add_eval_command(sub: Any) -> None:
-    from .eval_cli import add_eval_command
+    from spr.cli.eval import add_eval_command
 
     add_eval_command(sub)
 
