@@ -21,22 +21,7 @@ import uuid
 
 import numpy as np
 
-from spr.stores import Flat, IvfFlat, IvfPq, l2_normalize
-from spr.stores.faiss_store import FaissStore
-
-
-def clustered(n: int, nq: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(n, dim)`` data and ``(nq, dim)`` queries, float32, unit rows, around ``n // 100`` centres."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, n // 100), dim), dtype=np.float32)
-    data = np.empty((n, dim), np.float32)
-    step = 100_000
-    for lo in range(0, n, step):  # chunks keep the temporaries small at 1M x 768
-        hi = min(n, lo + step)
-        data[lo:hi] = centres[rng.integers(0, len(centres), hi - lo)] + rng.standard_normal((hi - lo, dim), dtype=np.float32)
-        data[lo:hi] = l2_normalize(data[lo:hi])
-    queries = centres[rng.integers(0, len(centres), nq)] + rng.standard_normal((nq, dim), dtype=np.float32)
-    return data, l2_normalize(queries)
+from _common import clustered, index_spec, load_collection, open_store
 
 
 def exact_top_k(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -52,32 +37,14 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found.tolist(), truth.tolist())]))
 
 
-def open_store(backend: str, root: str, milvus_uri: str):
-    if backend == "faiss":
-        # The default sample of 64 points per list: what makes 1M vectors build in minutes.
-        return FaissStore(root, threads=1)
-    from spr.stores.milvus_store import MilvusStore
-
-    return MilvusStore(milvus_uri, consistency_level="Bounded", timeout_s=600)
-
-
-def bench_one(store, backend: str, spec, data, queries, truth, k: int) -> dict:
+def bench_one(store, spec, data, queries, truth, k: int) -> dict:
     """Load ``data`` into a new collection of ``spec``, time single-query searches at the
     spec's own nprobe, drop it; build seconds, latency percentiles (ms) and recall@k."""
     name = f"bench_{spec.kind.lower()}_{uuid.uuid4().hex[:6]}"
     store.create_collection(name, data.shape[1], spec)
     keys = [f"v{i // 900}" for i in range(len(data))]
     t0 = time.perf_counter()
-    step = 50_000
-    for lo in range(0, len(data), step):
-        hi = min(len(data), lo + step)
-        store.upsert(name, np.arange(lo, hi), data[lo:hi], keys[lo:hi])
-    if backend == "faiss":
-        if spec.kind != "FLAT":
-            store.train(name)
-        store.flush(name)
-    else:
-        store.wait_until_indexed(name, timeout_s=3600)
+    load_collection(store, name, np.arange(len(data)), data, keys, timeout_s=3600)
     build_s = time.perf_counter() - t0
     store.search(name, queries[:5], k)  # warm-up
     lat, found = [], []
@@ -94,14 +61,6 @@ def bench_one(store, backend: str, spec, data, queries, truth, k: int) -> dict:
         "p99_ms": float(np.percentile(lat, 99)),
         "qps_1_client": 1e3 / float(lat.mean()),
         "recall": recall(np.array(found), truth),
-    }
-
-
-def specs(nlist: int, nprobe: int, m: int) -> dict:
-    return {
-        "FLAT": Flat(),
-        "IVF_FLAT": IvfFlat(nlist=nlist, nprobe=nprobe),
-        "IVF_PQ": IvfPq(nlist=nlist, m=m, nbits=8, nprobe=nprobe),
     }
 
 
@@ -129,8 +88,8 @@ def main() -> None:
             for backend in args.backends:
                 store = open_store(backend, os.path.join(root, f"{backend}-{n}"), args.milvus_uri)
                 for kind in args.indexes:
-                    spec = specs(args.nlist, args.nprobe, args.m)[kind]
-                    r = bench_one(store, backend, spec, data, queries, truth, args.k)
+                    spec = index_spec(kind, args.nlist, args.nprobe, args.m)
+                    r = bench_one(store, spec, data, queries, truth, args.k)
                     row = {"backend": backend, "n": n, "index": kind, **r}
                     rows.append(row)
                     print(

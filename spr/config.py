@@ -11,18 +11,27 @@ Sources, later ones winning:
 
 Call :func:`load_config` once per process and pass the result down; nothing else reads
 the environment.
+
+Enum-like values are typed (:class:`enum.StrEnum`, matched case-insensitively) and checked at
+load, as is ``[vectors.index]`` (one strict parser, :func:`spr.stores.index_spec.parse_index_spec`):
+a bad value is a :class:`ConfigError` naming the key and what it may be.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
+import re
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
+
+# Plain data with no configuration of its own: importing it does not import a backend.
+from .stores.index_spec import Flat, IndexKind, IndexSpec, Metric, index_spec_to_dict, parse_index_spec
 
 ENV_PREFIX = "SPR_"
 # Variables that share the prefix but are not configuration: the test suite's own settings.
@@ -31,6 +40,65 @@ _NOT_CONFIG = ("SPR_TEST_",)
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+# -- enum-like values ---------------------------------------------------------------------
+
+
+class VectorBackend(enum.StrEnum):
+    """``vectors.backend``: a name of :mod:`spr.stores.registry`."""
+
+    FAISS = "faiss"  # the embedded default
+    MILVUS = "milvus"
+
+
+class ConsistencyLevel(enum.StrEnum):
+    """``milvus.consistency_level``: Milvus's read consistency of searches."""
+
+    STRONG = "Strong"
+    SESSION = "Session"
+    BOUNDED = "Bounded"
+    EVENTUALLY = "Eventually"
+
+
+class GapRuleName(enum.StrEnum):
+    """``proposals.gap_rule``: how far apart two retrieved segments may be in one proposal."""
+
+    ADJACENT = "adjacent"
+    CONSTANT = "constant"
+    ADAPTIVE = "adaptive"
+
+
+class Precision(enum.StrEnum):
+    """``clip.precision`` / ``refiner.precision``; auto: fp16 on a GPU, fp32 on a CPU."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+    CRITICAL = "CRITICAL"
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A string setting of an open but constrained vocabulary (``cuda:1``), for ``Annotated``."""
+
+    regex: str
+    allowed: str  # what the error message offers
+
+    def check(self, value: str) -> bool:
+        return re.fullmatch(self.regex, value) is not None
+
+
+# A torch device: "auto" (cuda when present), "cpu", "cuda", "cuda:<index>", "mps".
+Device = Annotated[str, Pattern(r"auto|cpu|cuda(:\d+)?|mps", "auto, cpu, cuda, cuda:<index>, mps")]
 
 
 @dataclass(frozen=True)
@@ -44,28 +112,18 @@ class CatalogConfig:
 
 
 @dataclass(frozen=True)
-class IndexConfig:
-    """The index kind and its Faiss-style parameters (see :mod:`spr.stores.index_spec`)."""
-
-    kind: str = "FLAT"
-    nlist: int = 1024
-    nprobe: int = 16
-    m: int = 64
-    nbits: int = 8
-    hnsw_m: int = 16
-    ef_construction: int = 200
-    ef: int = 64
-
-
-@dataclass(frozen=True)
 class VectorsConfig:
-    """Which vector store to use and the default collection's shape."""
+    """Which vector store to use and the default collection's shape.
 
-    backend: str = "faiss"  # "faiss" (embedded default) or "milvus"
+    ``index`` is ``[vectors.index]``: ``kind`` (FLAT, IVF_FLAT, IVF_PQ, HNSW) and only that
+    kind's parameters (IVF_FLAT: nlist, nprobe; IVF_PQ: nlist, nprobe, m, nbits; HNSW:
+    hnsw_m, ef_construction, ef), parsed into an index spec at load."""
+
+    backend: VectorBackend = VectorBackend.FAISS
     collection: str = "segments"
     dim: int = 768
-    metric: str = "IP"
-    index: IndexConfig = field(default_factory=IndexConfig)
+    metric: Metric = Metric.IP
+    index: IndexSpec = field(default_factory=Flat)
 
 
 @dataclass(frozen=True)
@@ -88,7 +146,7 @@ class MilvusConfig:
     token: str = ""
     db_name: str = ""
     # "Bounded" keeps search fast; "Strong" gives read-after-write (tests use it).
-    consistency_level: str = "Bounded"
+    consistency_level: ConsistencyLevel = ConsistencyLevel.BOUNDED
     timeout_s: float = 30.0
     # The embedded development server started by ``spr milvus start``. Empty dir means
     # ``<data_dir>/milvus``.
@@ -106,7 +164,7 @@ class SegmentsConfig:
 class ProposalsConfig:
     top_k_segments: int = 200
     pad_s: float = 8.0
-    gap_rule: str = "adjacent"  # "adjacent", "constant", "adaptive"
+    gap_rule: GapRuleName = GapRuleName.ADJACENT
     max_missing_segments: int = 1
     adaptive_alpha: float = 0.5
 
@@ -146,8 +204,8 @@ class ClipConfig:
 
     model: str = "ViT-L-14"
     pretrained: str = ""
-    device: str = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"
-    precision: str = "auto"  # "auto" (fp16 on GPU, fp32 on CPU), "fp32", "fp16", "bf16"
+    device: Device = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"
+    precision: Precision = Precision.AUTO  # "auto" (fp16 on GPU, fp32 on CPU), "fp32", "fp16", "bf16"
     batch_size: int = 64
 
 
@@ -175,8 +233,8 @@ class RefinerConfig:
     """The SPR_CLIP refiner. Empty ``checkpoint``: random initialisation, flagged in responses."""
 
     checkpoint: str = ""
-    device: str = "auto"
-    precision: str = "auto"  # "auto" (fp16 on GPU, fp32 on CPU), "fp32", "fp16", "bf16"
+    device: Device = "auto"
+    precision: Precision = Precision.AUTO  # "auto" (fp16 on GPU, fp32 on CPU), "fp32", "fp16", "bf16"
     # Dynamic batching across concurrent queries; 0 = auto: 512 on CPU, 4096 on a GPU, where a
     # 500-proposal batch took 13 ms and the queue, not the model, limited throughput.
     max_batch_proposals: int = 0
@@ -198,7 +256,7 @@ class TrainConfig:
     epochs: int = 30
     warmup_fraction: float = 0.1  # of all steps, linear, then cosine decay
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     # A segment is a positive of a moment when their overlap covers this fraction of the segment.
     positive_overlap: float = 0.3
     temperature: float = 0.05
@@ -228,7 +286,7 @@ class SecurityConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = "INFO"
+    level: LogLevel = LogLevel.INFO
     json: bool = True
 
 
@@ -279,6 +337,12 @@ class Config:
         """A copy with whole values or sections replaced (``cfg.replace(data_dir="/x")``)."""
         return dataclasses.replace(self, **sections)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every value as JSON-ready data; ``vectors.index`` in its dict form (with its kind)."""
+        shown = dataclasses.asdict(self)
+        shown["vectors"]["index"] = index_spec_to_dict(self.vectors.index)
+        return shown
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
@@ -312,7 +376,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
 
 
 def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -326,11 +390,22 @@ def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
+    if hint is IndexSpec:
+        return _index_spec(value, where)
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} is a section; expected a table, got {value!r}")
         return _build(hint, value, where + ".")
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return _enum_member(hint, value, where)
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *marks = typing.get_args(hint)
+        text = _coerce(base, value, where)
+        for mark in marks:
+            if isinstance(mark, Pattern) and not mark.check(text):
+                raise ConfigError(f"{where} must be one of {mark.allowed}; got {value!r}")
+        return text
     if origin in (typing.Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     try:
@@ -354,3 +429,22 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{where} must be {hint.__name__}, got {value!r}") from None
     return value
+
+
+def _enum_member(kind: type[enum.Enum], value: Any, where: str) -> enum.Enum:
+    """The member of ``kind`` whose value is ``value``, compared case-insensitively."""
+    text = str(value).strip().casefold()
+    for member in kind:
+        if str(member.value).casefold() == text:
+            return member
+    allowed = ", ".join(str(m.value) for m in kind)
+    raise ConfigError(f"{where} must be one of {allowed}; got {value!r}")
+
+
+def _index_spec(value: Any, where: str) -> IndexSpec:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} is a section; expected a table, got {value!r}")
+    try:
+        return parse_index_spec(value, where, default_kind=IndexKind.FLAT)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

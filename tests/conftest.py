@@ -1,5 +1,6 @@
 """Shared fixtures: catalog databases (SQLite always, PostgreSQL when reachable; in CI it must
-be), the session's real Milvus server, and a runner for the ``spr`` command line."""
+be), the session's real Milvus server, vector stores opened through the backend registry, and a
+runner for the ``spr`` command line."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import shutil
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -122,6 +124,39 @@ def milvus_uri(milvus_server_dir: Path | None) -> str:
     state = EmbeddedMilvus(milvus_server_dir).status()
     assert state is not None, "the session's Milvus server is gone"
     return state.uri
+
+
+def store_config(backend: str, faiss_dir: Path, milvus_uri: str = "", **faiss: Any):
+    """The configuration tests open a ``backend`` store with: Faiss under ``faiss_dir`` (``faiss``:
+    ``[faiss]`` overrides such as ``train_points_per_list``), Milvus at ``milvus_uri`` with
+    Strong consistency, so that a search sees what the test just wrote."""
+    from spr.config import Config, ConsistencyLevel, FaissConfig, MilvusConfig, VectorBackend, VectorsConfig
+
+    return Config(
+        vectors=VectorsConfig(backend=VectorBackend(backend)),
+        faiss=FaissConfig(dir=str(faiss_dir), **faiss),
+        milvus=MilvusConfig(uri=milvus_uri, consistency_level=ConsistencyLevel.STRONG),
+    )
+
+
+@pytest.fixture
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``open_store(backend, **faiss_settings)``: a vector store opened through the registry
+    (:func:`spr.stores.open_vector_store`) on :func:`store_config`; Milvus is the session's
+    server. Every store it opened is closed after the test."""
+    from spr.stores import open_vector_store
+
+    opened = []
+
+    def open_(backend: str, **faiss: Any):
+        uri = request.getfixturevalue("milvus_uri") if backend == "milvus" else ""
+        store = open_vector_store(store_config(backend, tmp_path / "faiss", uri, **faiss))
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
 
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:

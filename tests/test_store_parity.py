@@ -11,9 +11,8 @@ import uuid
 import numpy as np
 import pytest
 
-from spr.stores import Flat, IvfFlat, IvfPq, SearchParams, l2_normalize
-from spr.stores.faiss_store import FaissStore
-from spr.stores.milvus_store import MilvusStore
+from conftest import store_config
+from spr.stores import Flat, IvfFlat, IvfPq, SearchParams, l2_normalize, open_vector_store
 
 pytestmark = pytest.mark.milvus
 
@@ -42,9 +41,10 @@ def data():
 
 @pytest.fixture(scope="module")
 def both(milvus_uri, tmp_path_factory):
-    # Faiss trains on all N vectors here (explicit train), as Milvus does per sealed segment.
-    faiss_store = FaissStore(tmp_path_factory.mktemp("parity"), train_points_per_list=N)
-    milvus_store = MilvusStore(milvus_uri, consistency_level="Strong")
+    # Faiss trains on all N vectors here (wait_until_indexed), as Milvus does per sealed segment.
+    root = tmp_path_factory.mktemp("parity")
+    faiss_store = open_vector_store(store_config("faiss", root, train_points_per_list=N))
+    milvus_store = open_vector_store(store_config("milvus", root, milvus_uri))
     yield faiss_store, milvus_store
     milvus_store.close()
 
@@ -53,11 +53,7 @@ def load(store, spec, x) -> str:
     name = f"t_parity_{spec.kind.lower()}_{uuid.uuid4().hex[:6]}"
     store.create_collection(name, DIM, spec)
     store.upsert(name, np.arange(N), x, [f"v{i // 50}" for i in range(N)])
-    if isinstance(store, FaissStore):
-        store.train(name)
-        store.flush(name)
-    else:
-        store.wait_until_indexed(name)
+    store.wait_until_indexed(name)
     return name
 
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import subprocess
+import sys
 import uuid
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from conftest import store_config
+from spr.config import VectorBackend, load_config
 from spr.stores import (
     CollectionExists,
     CollectionNotFound,
@@ -15,7 +21,9 @@ from spr.stores import (
     IvfFlat,
     IvfPq,
     VectorStore,
+    backend_names,
     l2_normalize,
+    open_vector_store,
 )
 from spr.stores.faiss_store import FaissStore
 from spr.stores.milvus_store import MilvusStore
@@ -24,16 +32,12 @@ DIM = 32
 
 
 @pytest.fixture(params=["faiss", "milvus"])
-def store(request, tmp_path) -> VectorStore:
-    if request.param == "faiss":
-        s = FaissStore(tmp_path / "faiss")
-    else:
-        s = MilvusStore(request.getfixturevalue("milvus_uri"), consistency_level="Strong")
+def store(request, open_store) -> VectorStore:
+    s = open_store(request.param)
     yield s
     for name in s.list_collections():
         if name.startswith("t_"):
             s.drop_collection(name)
-    s.close()
 
 
 @pytest.fixture
@@ -151,8 +155,7 @@ def test_bad_input_is_refused_with_a_clear_error(store, name):
 @pytest.mark.parametrize("spec", [IvfFlat(nlist=8, nprobe=8), IvfPq(nlist=8, m=8, nbits=4, nprobe=8), Hnsw(M=8)])
 def test_every_index_kind_finds_stored_vectors(store, name, spec):
     ids, x = fill(store, name, n=3000, spec=spec)
-    if isinstance(store, MilvusStore):
-        store.wait_until_indexed(name)
+    store.wait_until_indexed(name)
     result = store.search(name, x[:20], k=10)
     # PQ codes are lossy: the vector itself must still be among the first ten.
     hit = [ids[i] in result.ids[i] for i in range(20)]
@@ -169,6 +172,70 @@ def test_dropping_a_collection(store, name):
     assert name not in store.list_collections()
     with pytest.raises(CollectionNotFound):
         store.count(name)
+
+
+def test_a_store_holds_the_catalog_records_of_its_own_backend_only(store):
+    assert store.holds(SimpleNamespace(backend=store.backend))
+    other = "milvus" if store.backend == "faiss" else "faiss"
+    assert not store.holds(SimpleNamespace(backend=other))
+
+
+def test_wait_until_indexed_leaves_every_vector_searchable_through_the_index(store, name):
+    # Faiss would train this IVF index on its own at 8 lists x 64 points = 512 vectors; the
+    # first 300 stay in its exact buffer until build_index trains on them.
+    store.create_collection(name, DIM, IvfFlat(nlist=8, nprobe=8))
+    x = vectors(600)
+    store.upsert(name, np.arange(300), x[:300], keys_for(range(300)))
+    store.build_index(name)
+    store.upsert(name, np.arange(300, 600), x[300:], keys_for(range(300, 600)))
+    store.wait_until_indexed(name, timeout_s=120)
+    assert store.count(name) == 600
+    result = store.search(name, x[[0, 299, 300, 599]], k=1)
+    assert result.ids[:, 0].tolist() == [0, 299, 300, 599]
+
+
+# -- the registry ---------------------------------------------------------------------
+
+
+def test_the_registry_names_every_configurable_backend():
+    assert backend_names() == sorted(b.value for b in VectorBackend)
+
+
+@pytest.mark.parametrize("backend, cls", [("faiss", FaissStore), ("milvus", MilvusStore)])
+def test_the_registry_opens_the_configured_backend_with_its_settings(request, tmp_path, backend, cls):
+    uri = request.getfixturevalue("milvus_uri") if backend == "milvus" else ""
+    store = open_vector_store(store_config(backend, tmp_path / "faiss", uri, threads=1, train_points_per_list=16))
+    try:
+        assert isinstance(store, cls) and store.backend == backend
+        if isinstance(store, FaissStore):
+            assert store.root == tmp_path / "faiss" and store.train_points_per_list == 16
+        else:
+            assert store.uri == uri and store.consistency_level == "Strong"
+    finally:
+        store.close()
+
+
+def test_an_unknown_backend_names_the_known_ones():
+    config = load_config(environ={})
+    with pytest.raises(ValueError, match="faiss"):
+        open_vector_store(config.replace(vectors=dataclasses.replace(config.vectors, backend="qdrant")))
+
+
+def test_the_milvus_path_never_imports_faiss(milvus_uri):
+    """A Milvus deployment need not ship Faiss: neither importing the stores and the
+    configuration nor opening and using a Milvus store through the registry loads it."""
+    probe = f"""
+import sys
+import spr.config, spr.stores, spr.stores.milvus_store
+from spr.config import load_config
+from spr.stores import open_vector_store
+store = open_vector_store(load_config(environ={{"SPR_VECTORS__BACKEND": "milvus", "SPR_MILVUS__URI": {milvus_uri!r}}}))
+store.list_collections()
+store.close()
+assert "faiss" not in sys.modules, "faiss was imported"
+"""
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
 
 
 # -- Faiss specifics ------------------------------------------------------------------

@@ -12,7 +12,14 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from ..limits import MAX_SEGMENTS_K
 from .index_spec import IndexSpec, SearchParams
+
+
+class BackendTagged(Protocol):
+    """Anything that names the backend its vectors live in (a catalog collection record)."""
+
+    backend: str
 
 
 class CollectionNotFound(LookupError):
@@ -50,7 +57,11 @@ class SearchResult:
 class VectorStore(Protocol):
     """What every backend provides. Vectors are ``(n, dim)`` float32; ids ``(n,)`` int64."""
 
-    backend: str
+    backend: str  # the registry name of the backend ("faiss", "milvus")
+
+    def holds(self, record: BackendTagged) -> bool:
+        """Whether ``record`` (a catalog collection) lives in this kind of store; a record of
+        another backend is a configuration mismatch, not a missing collection."""
 
     def create_collection(self, name: str, dim: int, index: IndexSpec, metric: str = "IP") -> CollectionInfo:
         """Create ``name``; an existing collection of the same dim/metric/index is returned as is."""
@@ -84,12 +95,33 @@ class VectorStore(Protocol):
     def flush(self, name: str) -> None:
         """Make everything written so far durable (ingest calls this before marking videos ready)."""
 
+    def build_index(self, name: str) -> None:
+        """Start indexing what ``name`` holds now, instead of when the backend would on its own
+        (Faiss: train an IVF index that is still searched exactly; Milvus: seal the growing
+        segments so that the server indexes them). May return before searches use the index."""
+
+    def wait_until_indexed(self, name: str, timeout_s: float = 300.0) -> None:
+        """Build the index over everything written, make it durable, and return once searches
+        use it (bulk loads, benchmarks, parity tests). ``TimeoutError`` after ``timeout_s``."""
+
     def drop_collection(self, name: str) -> None: ...
 
     def refresh(self) -> list[str]:
         """Pick up what other processes flushed (a local store's readers); the names reloaded."""
 
     def close(self) -> None: ...
+
+
+_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def check_collection_name(name: str) -> str:
+    """Collection names are used as directory and Milvus names: letters, digits, ``_``, ``-``."""
+    if not name or len(name) > 200 or not set(name) <= _NAME_OK or name[0].isdigit():
+        raise ValueError(
+            f"invalid collection name {name!r}: use 1-200 letters, digits, '_' or '-', not starting with a digit"
+        )
+    return name
 
 
 def check_vectors(ids: np.ndarray, vectors: np.ndarray, video_keys: Sequence[str], dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,8 +147,8 @@ def check_queries(queries: np.ndarray, dim: int, k: int) -> np.ndarray:
         queries = queries[None, :]
     if queries.ndim != 2 or queries.shape[1] != dim:
         raise ValueError(f"queries must have shape (nq, {dim}), got {queries.shape}")
-    if not 1 <= k <= 16384:
-        raise ValueError(f"k={k} out of range [1, 16384]")
+    if not 1 <= k <= MAX_SEGMENTS_K:
+        raise ValueError(f"k={k} out of range [1, {MAX_SEGMENTS_K}]")
     if not np.isfinite(queries).all():
         raise ValueError("queries contain NaN or infinity")
     return queries

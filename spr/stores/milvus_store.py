@@ -14,25 +14,63 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from pymilvus import DataType, MilvusClient, MilvusException
+
+from ..limits import MAX_VIDEO_KEY_LENGTH
 
 from .base import (
     CollectionExists,
     CollectionInfo,
     CollectionNotFound,
     SearchResult,
+    BackendTagged,
+    check_collection_name,
     check_queries,
     check_vectors,
 )
-from .faiss_store import check_collection_name
-from .index_spec import IndexSpec, IvfPq, SearchParams, check_metric, index_spec_from_dict, index_spec_to_dict
+from .index_spec import (
+    Hnsw,
+    IndexSpec,
+    IvfFlat,
+    IvfPq,
+    SearchParams,
+    check_dimension,
+    check_metric,
+    effective_search,
+    index_spec_from_dict,
+    index_spec_to_dict,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_VIDEO_KEY = 512
+__all__ = ["MilvusStore", "index_param", "search_param"]
+
+
+# -- the Milvus vocabulary of an index spec -----------------------------------------------
+
+
+def index_param(spec: IndexSpec) -> dict[str, Any]:
+    """The vector field's ``index_type`` and build ``params`` for ``spec``."""
+    if isinstance(spec, IvfFlat):
+        return {"index_type": "IVF_FLAT", "params": {"nlist": spec.nlist}}
+    if isinstance(spec, IvfPq):
+        return {"index_type": "IVF_PQ", "params": {"nlist": spec.nlist, "m": spec.m, "nbits": spec.nbits}}
+    if isinstance(spec, Hnsw):
+        return {"index_type": "HNSW", "params": {"M": spec.M, "efConstruction": spec.ef_construction}}
+    return {"index_type": "FLAT", "params": {}}
+
+
+def search_param(spec: IndexSpec, override: SearchParams | None = None) -> dict[str, int]:
+    """The ``params`` of a Milvus search of ``spec``'s index (see :func:`effective_search`):
+    ``{"nprobe": n}`` for IVF, ``{"ef": e}`` for HNSW, ``{}`` for FLAT."""
+    knobs = effective_search(spec, override)
+    return {k: v for k, v in (("nprobe", knobs.nprobe), ("ef", knobs.ef)) if v is not None}
+
+
+MAX_VIDEO_KEY = MAX_VIDEO_KEY_LENGTH  # spr.limits: UTF-8 bytes here
 # Rows per insert request: keeps each gRPC message well under Milvus's 64 MB limit at 768-d.
 _WRITE_BATCH = 5_000
 _DELETE_BATCH = 1_000
@@ -42,6 +80,9 @@ class MilvusStore:
     """Vector store on a Milvus server (standalone or cluster)."""
 
     backend = "milvus"
+
+    def holds(self, record: BackendTagged) -> bool:
+        return record.backend == self.backend
 
     def __init__(
         self,
@@ -68,8 +109,7 @@ class MilvusStore:
     def create_collection(self, name: str, dim: int, index: IndexSpec, metric: str = "IP") -> CollectionInfo:
         check_collection_name(name)
         metric = check_metric(metric)
-        if isinstance(index, IvfPq) and dim % index.m:
-            raise ValueError(f"IVF_PQ needs m to divide the dimension: m={index.m}, dim={dim}")
+        check_dimension(index, dim)
         if self.has_collection(name):
             existing = self.describe(name)
             if (existing.dim, existing.metric, existing.index) != (dim, metric, index):
@@ -87,7 +127,7 @@ class MilvusStore:
         schema.add_field("video_key", DataType.VARCHAR, max_length=MAX_VIDEO_KEY)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         params = self._client.prepare_index_params()
-        milvus_index = index.milvus_index_params()
+        milvus_index = index_param(index)
         params.add_index(
             field_name="vector", index_type=milvus_index["index_type"], metric_type=metric, params=milvus_index["params"]
         )
@@ -153,6 +193,10 @@ class MilvusStore:
         self._shape(name)
         self._client.flush(name)
 
+    def build_index(self, name: str) -> None:
+        """Seal what is written (a flush): the server indexes sealed segments in the background."""
+        self.flush(name)
+
     def wait_until_indexed(self, name: str, timeout_s: float = 300.0) -> None:
         """Flush, wait until the vector index covers every row, then reload the collection so
         that searches use it. For bulk loads (benchmarks, re-indexing) before serving: the
@@ -162,7 +206,7 @@ class MilvusStore:
         collection keeps answering from its interim (brute-force or temporary IVF) copy of
         the data until the query node swaps the index in, at some later point (seen on Milvus
         2.3.5: still on the interim copy 10+ s after the build finished)."""
-        self.flush(name)
+        self.build_index(name)
         deadline = time.monotonic() + timeout_s
         while True:
             desc = self._client.describe_index(name, "vector")
@@ -203,7 +247,7 @@ class MilvusStore:
             limit=k,
             anns_field="vector",
             filter=_key_filter(list(video_keys)) if video_keys is not None else "",
-            search_params={"metric_type": info.metric, "params": info.index.search_params(params)},
+            search_params={"metric_type": info.metric, "params": search_param(info.index, params)},
             output_fields=[],
             consistency_level=self.consistency_level,
             round_decimal=-1,  # full precision: the server's default rounds distances
