@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from spr.features import FeatureNotFound, FrameFeatureStore, span_rows
+from spr.segments import segment_rows
 from spr.models.clip import load_clip
 from spr.models.projector import (
     ProjectorShape,
@@ -89,7 +90,7 @@ def test_without_a_checkpoint_segments_are_the_mean_of_their_frames():
     projectors = load_projectors("", in_dim=8)
     assert not projectors.trained and projectors.dim == 8 and projectors.identity == "mean-pool"
     feats = RNG.standard_normal((10, 8)).astype(np.float32)  # 10 s at 1 fps -> 3 segments of 4 s
-    emb = projectors.embed_segments(feats, rate=1.0, segment_length_s=4.0)
+    emb = projectors.embed_segments(feats, segment_rows(10, rate=1.0, duration_s=10.0, length_s=4.0))
     assert emb.shape == (3, 8)
     expected_last = feats[8:].mean(0) / np.linalg.norm(feats[8:].mean(0))  # only 2 frames
     np.testing.assert_allclose(emb[2], expected_last, atol=1e-6)
@@ -105,13 +106,13 @@ def test_a_trained_projector_round_trips_and_ignores_padding(tmp_path):
     loaded = load_projectors(str(path), in_dim=16, clip_model="spr-tiny")
     assert loaded.trained and loaded.identity == "projector:proj.pt@7"
     feats = RNG.standard_normal((10, 16)).astype(np.float32)
-    a = projectors.embed_segments(feats, 1.0, 4.0)
-    b = loaded.embed_segments(feats, 1.0, 4.0)
+    a = projectors.embed_segments(feats, segment_rows(10, 1.0, 10.0, 4.0))
+    b = loaded.embed_segments(feats, segment_rows(10, 1.0, 10.0, 4.0))
     assert a.shape == (3, 24)
     np.testing.assert_allclose(a, b, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)
     # The 2-frame last segment is padded to 4 frames with a mask: alone it embeds the same.
-    alone = loaded.embed_segments(feats[8:], 1.0, 4.0)
+    alone = loaded.embed_segments(feats[8:], segment_rows(2, 1.0, 2.0, 4.0))
     np.testing.assert_allclose(alone[0], b[2], atol=1e-5)
     with pytest.raises(ValueError, match="expects 16-d"):
         load_projectors(str(path), in_dim=32)

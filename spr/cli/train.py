@@ -61,6 +61,11 @@ def add_projector_commands(train_sub: Any) -> None:
     p.add_argument("--temperature", type=float, help="MIL-NCE temperature (default: train.temperature)")
     p.add_argument("--positive-overlap", type=float, help="overlap fraction making a segment positive (default: train.positive_overlap)")
     p.add_argument("--seed", type=int, help="random seed (default: train.seed)")
+    p.add_argument(
+        "--shape", metavar="NAME",
+        help="take --dim, --layers, --heads and --dropout from a named projector config "
+        f"({', '.join(_config_names('projector'))}) or a .json file; feature sizes come from the data; the flags override it",
+    )
     p.add_argument("--dim", type=int, help="projected size (default 768, the paper's)")
     p.add_argument("--layers", type=int, help="Transformer layers of the visual projector (default 6, the paper's)")
     p.add_argument("--heads", type=int, help="attention heads (default 8; must divide --dim)")
@@ -89,6 +94,7 @@ def cmd_train_projector(config: Any, args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    named = _named_architecture(args.shape, "projector", ("dim", "layers", "heads", "dropout")) if args.shape else {}
     try:
         train = load_query_records(args.train, top_n=args.top_n)
         val = load_query_records(args.val, require_relevance=False) if args.val else None
@@ -109,6 +115,7 @@ def cmd_train_projector(config: Any, args: argparse.Namespace) -> int:
     }
     base = ProjectorTrainingOptions.from_config(config)
     merged = {**base.__dict__, **{k: v for k, v in saved.items() if k in base.__dict__}}
+    merged.update(named)  # a named config's architecture beats a resumed run's; explicit flags beat both
     merged.update({k: v for k, v in explicit.items() if v is not None})
     options = ProjectorTrainingOptions(**merged)
     try:
@@ -176,11 +183,30 @@ def cmd_train_projector(config: Any, args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_names(kind: str) -> list[str]:
+    from spr.models.registry import list_model_configs
+
+    return list_model_configs(kind)
+
+
+def _named_architecture(name: str, kind: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The ``keys`` fields of the ``kind`` config ``name`` (a UsageError naming the known ones
+    if there is none)."""
+    from spr.errors import UsageError
+    from spr.models.registry import model_config
+
+    try:
+        shape = model_config(name, kind)
+    except ValueError as exc:
+        raise UsageError(f"--shape: {exc}") from None
+    return {key: getattr(shape, key) for key in keys}
+
+
 # --- spr train synthetic ----------------------------------------------------------------------
 
 
 def add_synthetic_commands(train_sub: Any) -> None:
-    """``spr train synthetic``: write the synthetic benchmark of :mod:`spr.training.synthetic`."""
+    """``spr train synthetic``: write the synthetic benchmark of :mod:`spr.data.synthetic`."""
     p = train_sub.add_parser(
         "synthetic",
         help="write a small synthetic benchmark (features, manifest, TVR-Ranking queries) for CI and demos",

@@ -24,9 +24,14 @@ def add_refiner_commands(train_sub: Any) -> None:
     p.add_argument("--batch-queries", type=int, default=32, help="queries per step (default 32)")
     p.add_argument("--proposals-per-query", type=int, default=8, help="proposals per query per step (default 8)")
     p.add_argument("--lr", type=float, help="default: train.lr")
-    p.add_argument("--dim", type=int, default=768, help="joint space size (default 768)")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=8)
+    p.add_argument(
+        "--shape", metavar="NAME",
+        help="the architecture of a named refiner config (refiner-vit-l-14, refiner-spr-tiny; see "
+        "spr.models.registry) or a .json file; feature sizes come from the data; --dim/--layers/--heads override it",
+    )
+    p.add_argument("--dim", type=int, help="joint space size (default 768, or --shape's)")
+    p.add_argument("--layers", type=int, help="Transformer layers (default 2, or --shape's)")
+    p.add_argument("--heads", type=int, help="attention heads (default 8, or --shape's)")
     p.add_argument("--no-oracle", action="store_true", help="do not add proposals for moments the search missed")
     p.add_argument("--no-hard-negatives", action="store_true", help="hinge only against other queries' proposals")
     p.add_argument("--no-ranking", action="store_true", help="drop the strong/weak positive ranking hinge")
@@ -43,10 +48,16 @@ def cmd_train_refiner(config: Any, args: argparse.Namespace) -> int:
     from spr.models.projector import load_projectors
     from spr.data.tvr_ranking import AnnotationError, load_query_features, load_query_records
 
-    from spr.models.refiner import RefinerShape
+    from dataclasses import replace
+
+    from spr.models.registry import RefinerShape, model_config
     from spr.train.refiner import RefinerTrainingOptions, examples_from_stores, train_refiner
 
     t = config.train
+    try:  # a wrong name fails before CLIP loads
+        named = model_config(args.shape, "refiner") if args.shape else None
+    except ValueError as exc:
+        raise UsageError(f"--shape: {exc}") from None
     try:
         records = load_query_records(args.train, top_n=args.top_n)
         if args.query_features:
@@ -73,7 +84,11 @@ def cmd_train_refiner(config: Any, args: argparse.Namespace) -> int:
             "into this collection, with frame features?"
         )
     in_dim = examples[0].proposals[0].features.shape[1]
-    shape = RefinerShape(in_dim=in_dim, text_in_dim=text_dim, dim=args.dim, layers=args.layers, heads=args.heads)
+    flags = {k: v for k, v in {"dim": args.dim, "layers": args.layers, "heads": args.heads}.items() if v is not None}
+    try:
+        shape = replace(named or RefinerShape(in_dim=in_dim, text_in_dim=text_dim), in_dim=in_dim, text_in_dim=text_dim, **flags)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     options = RefinerTrainingOptions(
         epochs=args.epochs or t.epochs,
         batch_queries=args.batch_queries,

@@ -6,8 +6,9 @@ empty ``pretrained`` means random weights; :attr:`ClipEncoder.random_weights` sa
 load is logged as a warning, so nobody mistakes such results for real ones.
 
 The package ships its own small architectures as JSON configs (``configs/*.json``,
-registered with ``open_clip.add_model_config`` on import): ``spr-tiny`` runs the whole
-pipeline in tests and demos on a laptop CPU.
+registered with ``open_clip.add_model_config`` on first use): ``spr-tiny`` runs the whole
+pipeline in tests and demos on a laptop CPU. The same folder holds the projector and refiner
+configs of :mod:`spr.models.registry`; open_clip skips them (they lack its architecture keys).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..compat.torchvision_ops import ensure_torchvision_importable
+from .registry import CONFIG_DIR
 
 log = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).with_name("configs")
 RANDOM_INIT_SEED = 0
 _registered = False
 

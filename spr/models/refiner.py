@@ -18,7 +18,8 @@ convolution, so a proposal gets the same result alone or padded inside a batch.
 :meth:`SPRClipRefiner.forward` returns the training outputs (per-frame similarity, start/end
 logits) that ReLoCLNet-style losses need; training itself lives elsewhere. Checkpoints are one
 ``torch.save`` dict (``format``, ``shape``, ``state``, ``meta``), loaded with
-``weights_only=True``.
+``weights_only=True`` (:mod:`spr.models.checkpoints`, format ``spr-refiner/1``). Shapes can be
+named configs (:mod:`spr.models.registry`: ``refiner-vit-l-14``, ``refiner-spr-tiny``).
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .checkpoints import REFINER_CHECKPOINT, read_checkpoint, save_checkpoint
+from .registry import RefinerShape, resolve_shape
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +57,9 @@ __all__ = [
     "save_refiner",
 ]
 
-CHECKPOINT_FORMAT = "spr-refiner/1"
+CHECKPOINT_FORMAT = REFINER_CHECKPOINT.format  # "spr-refiner/1"
 # Masked logits: finite so that training losses (softmax cross-entropy) never meet -inf - -inf.
 _MASKED_LOGIT = -1e30
-
-
-@dataclass(frozen=True)
-class RefinerShape:
-    """Sizes of an SPR_CLIP refiner. ``in_dim``/``text_in_dim``: CLIP image/text feature sizes;
-    ``dim``: joint space; ``max_frames``: longest proposal in frames (positional table size);
-    ``kernel_size``: odd width of the boundary head's convolution, in frames."""
-
-    in_dim: int
-    text_in_dim: int
-    dim: int = 768
-    layers: int = 2
-    heads: int = 8
-    max_frames: int = 1024
-    kernel_size: int = 5
-    dropout: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("in_dim", "text_in_dim", "dim", "layers", "heads", "max_frames", "kernel_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"RefinerShape.{name} must be positive, got {getattr(self, name)}")
-        if self.dim % self.heads:
-            raise ValueError(f"RefinerShape.dim={self.dim} must be divisible by heads={self.heads}")
-        if self.kernel_size % 2 == 0:
-            raise ValueError(f"RefinerShape.kernel_size must be odd (centred on each frame), got {self.kernel_size}")
 
 
 @dataclass
@@ -298,22 +277,16 @@ def pad_features(
     return torch.from_numpy(padded), torch.from_numpy(mask)
 
 
-def build_refiner(shape: RefinerShape) -> SPRClipRefiner:
-    """A freshly initialised refiner of ``shape`` (``random_weights`` is True until trained or loaded)."""
-    return SPRClipRefiner(shape)
+def build_refiner(shape: RefinerShape | str) -> SPRClipRefiner:
+    """A freshly initialised refiner of ``shape``: a :class:`RefinerShape` or the name of a
+    refiner config (``refiner-vit-l-14``; :func:`spr.models.registry.list_model_configs`).
+    ``random_weights`` is True until trained or loaded."""
+    return SPRClipRefiner(resolve_shape(shape, "refiner"))
 
 
 def save_refiner(path: str | os.PathLike[str], model: SPRClipRefiner, **meta: Any) -> None:
     """Write ``model`` and ``meta`` (clip model, step, ...) to ``path`` atomically."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "shape": asdict(model.shape),
-        "state": model.state_dict(),
-        "meta": {**model.meta, **meta},
-    }
-    tmp = f"{os.fspath(path)}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    save_checkpoint(path, REFINER_CHECKPOINT, model.shape, {"state": model.state_dict()}, {**model.meta, **meta})
 
 
 def _random_shape(in_dim: int) -> RefinerShape:
@@ -334,21 +307,10 @@ def load_refiner(checkpoint: str, in_dim: int, device: str = "cpu") -> SPRClipRe
             extra={"in_dim": in_dim},
         )
         return build_refiner(_random_shape(in_dim)).to(device).eval()
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"refiner checkpoint {checkpoint} does not exist; check refiner.checkpoint")
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{checkpoint} is not an SPR refiner checkpoint (format {CHECKPOINT_FORMAT})")
-    shape = RefinerShape(**payload["shape"])
-    meta = dict(payload.get("meta", {}))
-    if shape.in_dim != in_dim:
-        raise ValueError(
-            f"refiner checkpoint {checkpoint} expects {shape.in_dim}-d CLIP frame features, the frames have "
-            f"{in_dim}-d; use the CLIP model it was trained on ({meta.get('clip_model', 'unknown')})"
-        )
-    model = build_refiner(shape)
-    model.load_state_dict(payload["state"])
+    saved = read_checkpoint(checkpoint, REFINER_CHECKPOINT, in_dim)
+    model = build_refiner(saved.shape)
+    saved.load_into({"state": model})
     model.random_weights = False
     model.source = checkpoint
-    model.meta = meta
+    model.meta = saved.meta
     return model.to(device).eval()
