@@ -11,7 +11,6 @@ video's frame features ``(T, D)`` and segment embeddings ``(n, dim)``.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -20,8 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .decode import DecodeError, VideoProbe, probe_video, sample_frames
-from .sources import VideoSource, content_hash
+from spr.features import VISUAL, Modality
+from spr.segments import segment_rows
+
+from .decode import DecodeError, VideoProbe, count_expected_frames, probe_video, sample_frames
+from .sources import VideoSource, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +75,17 @@ class EncoderInfo:
 
 @dataclass(frozen=True)
 class EncodedVideo:
-    """A finished video: ``frame_features`` ``(T, D)`` float16 at ``frame_rate`` per second,
-    ``embeddings`` ``(ceil(duration / segment_length), dim)`` float32."""
+    """A finished video: its ``modality``'s feature rows ``features`` ``(T, D)`` float16 at
+    ``feature_rate`` rows per second (:data:`~spr.features.VISUAL`: per-second CLIP frame
+    features) and its segment ``embeddings`` ``(ceil(duration / segment_length), dim)`` float32."""
 
     source: VideoSource
     duration_s: float
     source_fps: float | None
     content_hash: str
-    frame_features: np.ndarray
-    frame_rate: float
+    modality: Modality
+    features: np.ndarray
+    feature_rate: float
     embeddings: np.ndarray
     decode_s: float
     encode_s: float
@@ -108,7 +112,7 @@ def hash_or_skip(source: VideoSource, skip_if_hash: str | None) -> str | FailedV
     """The file's content hash, or the result that ends its processing right there: unreadable
     (failed) or hashing to ``skip_if_hash`` (unchanged since it was ingested)."""
     try:
-        digest = content_hash(source.path)
+        digest = file_digest(source.path)
     except OSError as exc:
         return FailedVideo(source, f"cannot read {source.path}: {exc.strerror or exc}")
     if skip_if_hash is not None and digest == skip_if_hash:
@@ -187,7 +191,7 @@ class VideoEncoder:
             parts.append(self.encode_frames(chunk))
             t = time.perf_counter()
             encode_s += t - t1
-        expected = max(1, math.ceil(probe.duration_s * s.frame_rate - 1e-6))
+        expected = max(1, count_expected_frames(probe.duration_s, s.frame_rate))
         if not parts:
             raise DecodeError(source.path, "no frames could be decoded: the file is empty, corrupt or truncated")
         features = np.concatenate(parts)
@@ -197,16 +201,18 @@ class VideoEncoder:
             features = np.concatenate([features, np.repeat(features[-1:], expected - len(features), axis=0)])
         features = features[:expected]
         t1 = time.perf_counter()
+        rows = segment_rows(len(features), s.frame_rate, float(probe.duration_s), s.segment_length_s)
         with self._lock:
-            embeddings = self.projectors.embed_segments(features, s.frame_rate, s.segment_length_s)
+            embeddings = self.projectors.embed_segments(features, rows)
         encode_s += time.perf_counter() - t1
         return EncodedVideo(
             source=source,
             duration_s=float(probe.duration_s),
             source_fps=probe.avg_fps,
             content_hash=digest,
-            frame_features=features,
-            frame_rate=s.frame_rate,
+            modality=VISUAL,
+            features=features,
+            feature_rate=s.frame_rate,
             embeddings=embeddings,
             decode_s=decode_s,
             encode_s=encode_s,

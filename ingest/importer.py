@@ -5,13 +5,15 @@ video in an HDF5 file (I3D and RoBERTa features of 1.5-s clips), moment_detr / l
 directory of ``<video>.npy`` or ``<video>.npz`` files. A manifest (JSONL or CSV) gives each
 video's duration. Import runs them through the same path as video ingest: fixed-length
 segments (:mod:`spr.segments`), the projector (:mod:`spr.models.projector`; mean pooling
-without a checkpoint) and the two-store protocol of :func:`spr.publish.publish_videos`, with
-the features kept in the frame-feature store for the refiner. ``segments`` mode takes
+without a checkpoint) and the writer of :mod:`.writer` (the two-store protocol of
+:func:`spr.publish.publish_videos`), with the features kept in the feature store for the
+refiner. ``segments`` mode takes
 ready-made segment embeddings instead and publishes them as they are.
 
 A feature row ``i`` covers ``[i / rate, (i + 1) / rate)`` seconds. Each segment pools the
-rows that overlap it in time, so 1.5-s clips land in the right 4-s segments even though the
-two grids do not line up (a clip straddling a boundary counts in both segments).
+rows that overlap it in time (:func:`spr.segments.segment_rows`, as every path does), so 1.5-s
+clips land in the right 4-s segments even though the two grids do not line up (a clip
+straddling a boundary counts in both segments).
 
 Re-running is idempotent: keys keep their ids, segments and vectors are replaced, and a video
 that is ``ready`` with the same content hash (the feature bytes and rate), duration, uri,
@@ -38,11 +40,14 @@ import numpy as np
 
 from spr.catalog import SegmentCatalog, VideoStatus
 from spr.config import Config
-from spr.features import FrameFeatureStore, span_rows
-from spr.publish import VideoPayload, publish_videos
+from spr.features import VISUAL, FrameFeatureStore, TimedFeatures
+from spr.limits import MAX_VIDEO_KEY_LENGTH
+from spr.publish import CollectionMismatch, VideoPayload, ensure_collection
 from spr.rowfiles import RowFileError, read_rows
-from spr.segments import segment_bounds, segment_count
-from spr.stores import VectorStore, index_spec_from_config, index_spec_to_dict, l2_normalize, open_vector_store
+from spr.segments import segment_count, segment_rows
+from spr.stores import VectorStore, index_spec_from_config, l2_normalize, open_vector_store
+
+from .writer import FlushRule, ReaderItem, RejectedVideo, Unchanged, VideoWriter
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +62,11 @@ __all__ = [
     "Manifest",
     "ManifestEntry",
     "RejectedVideo",
-    "content_hash",
-    "embed_features",
+    "feature_digest",
     "import_features",
     "open_source",
-    "read_array_directory",
-    "read_hdf5",
     "read_manifest",
     "read_videos",
-    "segment_row_ranges",
 ]
 
 KEY_COLUMNS = ("key", "video_id", "vid_name", "vid")
@@ -75,12 +76,11 @@ ARRAY_SUFFIXES = (".npy", ".npz")
 # How far (beyond one segment) the features' span may differ from the manifest duration: a
 # decoder that dropped a few frames of an hour is fine, a wrong --clip-length is not.
 COVERAGE_TOLERANCE = 0.01
-MAX_KEY_BYTES = 512  # the catalog's and Milvus's limit
+MAX_KEY_BYTES = MAX_VIDEO_KEY_LENGTH  # the catalog's and Milvus's limit (spr.limits)
 FLOAT16_MAX = 65504.0  # the feature store keeps float16
 # Videos whose features are read before the collection's dimension is fixed: the most common
 # dimension among them wins, so one odd file first in the listing cannot fail all the others.
 _DIM_VOTERS = 8
-_BATCH_BYTES = 256 << 20  # features and embeddings queued for one publish
 
 
 class ImportInputError(ValueError):
@@ -102,16 +102,6 @@ class ImportedVideo:
     duration_s: float
     uri: str
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class RejectedVideo:
-    """A video that cannot be imported; ``error`` says why and what to do."""
-
-    key: str
-    error: str
-    uri: str = ""
-    duration_s: float | None = None
 
 
 # --- manifests ------------------------------------------------------------------------------
@@ -165,7 +155,7 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 def _manifest_rows(manifest: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     try:
-        yield from read_rows(manifest)
+        yield from read_rows(manifest, "manifest", record_keys=(*KEY_COLUMNS, "duration"))
     except RowFileError as exc:
         raise ImportInputError(str(exc)) from None
 
@@ -373,96 +363,19 @@ def read_videos(
         yield ImportedVideo(key, array, rate, float(duration), uri, dict(entry.metadata) if entry else {})
 
 
-def read_hdf5(
-    path: str | os.PathLike[str],
-    manifest: Manifest | None,
-    clip_length_s: float = 1.0,
-    dataset_key: str | None = None,
-    duration_from_features: bool = False,
-) -> Iterator[ImportedVideo | RejectedVideo]:
-    """The videos of a TVR-style HDF5 file of per-clip features (``clip_length_s`` each)."""
-    source = Hdf5Source(Path(path).expanduser(), dataset_key)
-    try:
-        yield from read_videos(source, manifest, 1.0 / clip_length_s, duration_from_features)
-    finally:
-        source.close()
-
-
-def read_array_directory(
-    path: str | os.PathLike[str],
-    manifest: Manifest | None,
-    clip_length_s: float = 1.0,
-    dataset_key: str | None = None,
-    duration_from_features: bool = False,
-) -> Iterator[ImportedVideo | RejectedVideo]:
-    """The videos of a directory of ``<video>.npy`` / ``<video>.npz`` files."""
-    source = ArrayDirectorySource(Path(path).expanduser(), dataset_key)
-    yield from read_videos(source, manifest, 1.0 / clip_length_s, duration_from_features)
-
-
 def _reason(exc: BaseException) -> str:
     # KeyError's str() is the repr of its argument: quotes around a whole sentence.
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     return str(text) if text else type(exc).__name__
 
 
-# --- segment embeddings ---------------------------------------------------------------------
+# --- digests -------------------------------------------------------------------------------
 
 
-def segment_row_ranges(n_rows: int, rate: float, duration_s: float, segment_length_s: float) -> np.ndarray:
-    """For each fixed-length segment of a ``duration_s`` video, the rows ``[lo, hi)`` of its
-    ``(n_rows, D)`` features (``rate`` rows per second) that overlap it in time: shape
-    ``(n_seg, 2)`` int64, at least one row per segment."""
-    bounds = segment_bounds(duration_s, segment_length_s)
-    ranges = [span_rows(float(s), float(e), rate, n_rows) for s, e in zip(bounds.start_s, bounds.end_s)]
-    return np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
-
-
-def embed_features(
-    projectors: Any, features: np.ndarray, rate: float, duration_s: float, segment_length_s: float
-) -> np.ndarray:
-    """``(T, D)`` features -> ``(segment_count(duration_s), dim)`` segment embeddings.
-
-    When the rows fall into segments on a whole-row grid (1-fps features, 4-s segments, ``T``
-    matching the duration) this is exactly video ingest's ``Projectors.embed_segments``; other
-    rates (TVR's 1.5-s clips) or a ``T`` a little off the duration pool the rows that overlap
-    each segment in time, through the same visual projector."""
-    ranges = segment_row_ranges(len(features), rate, duration_s, segment_length_s)
-    if np.array_equal(ranges, _fixed_grid(len(features), rate, segment_length_s)):
-        return projectors.embed_segments(features, rate, segment_length_s)
-    return _embed_row_ranges(projectors.visual, features, ranges)
-
-
-def _fixed_grid(n_rows: int, rate: float, segment_length_s: float) -> np.ndarray:
-    """The row grouping ``Projectors.embed_segments`` uses: ``ceil(rate * length)`` rows each."""
-    per = max(1, math.ceil(rate * segment_length_s - 1e-9))
-    lo = np.arange(0, n_rows, per, dtype=np.int64)
-    return np.stack([lo, np.minimum(lo + per, n_rows)], axis=1)
-
-
-def _embed_row_ranges(visual: Any, features: np.ndarray, ranges: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Run ``visual`` on each row range of ``features`` ``(T, D)``: ``(len(ranges), dim)``."""
-    import torch
-
-    feats = np.asarray(features, dtype=np.float32)
-    width = int((ranges[:, 1] - ranges[:, 0]).max())
-    offsets = np.arange(width, dtype=np.int64)
-    device = next(visual.parameters(), torch.empty(0)).device
-    outs = []
-    with torch.inference_mode():
-        for lo in range(0, len(ranges), batch_size):
-            chunk = ranges[lo : lo + batch_size]
-            rows = chunk[:, :1] + offsets  # (b, width)
-            mask = rows < chunk[:, 1:]
-            frames = feats[np.where(mask, rows, 0)] * mask[..., None]  # (b, width, D), padding zeroed
-            out = visual(torch.from_numpy(frames).to(device), torch.from_numpy(mask).to(device))
-            outs.append(out.float().cpu().numpy())
-    return np.concatenate(outs)
-
-
-def content_hash(array: np.ndarray, rate: float, mode: str) -> str:
-    """``sha256:<hex>`` of the array's float32 values, shape and ``rate``: equal for an
-    unchanged file whatever its container (HDF5, .npy, float16 or float32)."""
+def feature_digest(array: np.ndarray, rate: float, mode: str) -> str:
+    """``sha256:<hex>`` of imported features: the array's float32 values, shape and ``rate``
+    (a video's catalog ``content_hash``). Equal for an unchanged file whatever its container
+    (HDF5, .npy, float16 or float32)."""
     values = np.ascontiguousarray(array, dtype="<f4")
     h = hashlib.sha256(f"spr-import/1 {mode} shape={values.shape} rate={float(rate)!r}\n".encode())
     h.update(memoryview(values).cast("B"))
@@ -594,14 +507,13 @@ class _Embedder:
 
 
 class _ImportRun:
-    """One import: collection set-up, per-video checks, batched publishing and bookkeeping."""
+    """One import: collection set-up, per-video checks, and the writer's bookkeeping."""
 
     def __init__(self, config, options, catalog, store, source, summary, rate, progress, t0) -> None:
         self.config: Config = config
         self.options: ImportOptions = options
         self.catalog: SegmentCatalog = catalog
         self.store: VectorStore = store
-        self.features = None if options.segments else FrameFeatureStore.from_config(config)
         self.source: FeatureSource = source
         self.summary: ImportSummary = summary
         self.rate = rate
@@ -611,12 +523,12 @@ class _ImportRun:
         self.feature_model = options.feature_model or f"imported:{source.path.name}"
         self.embedder: _Embedder | None = None
         self.in_dim: int | None = None
-        self.batch: list[tuple[VideoPayload, int]] = []
-        self.batch_bytes = 0
-        self.published = 0  # videos made ready by this run, for the batch size
-        # Run counters not yet written: one UPDATE per batch, not per video.
-        self.counts: Counter[str] = Counter()
-        self._last_commit = time.monotonic()
+        self.writer = VideoWriter(
+            catalog, store, summary.collection, self.length_s,
+            None if options.segments else FrameFeatureStore.from_config(config), self.feature_model,
+            FlushRule.from_config(config), on_published=self._published, on_failed=self._failed,
+            on_skipped=summary.skipped.append,
+        )
 
     # -- driver ---------------------------------------------------------------------------
 
@@ -626,80 +538,61 @@ class _ImportRun:
         dim = _common_dim(head)
         if dim is not None:
             self._setup(dim)
-        s.run_id = self.catalog.start_run(
-            {
-                "command": "import",
-                "source": s.source,
-                "collection": s.collection,
-                "mode": s.mode,
-                "rate": self.rate,
-                "feature_model": self.feature_model,
-                "embedder": s.embedder,
-                "force": self.options.force,
-            },
-            videos_total=total,
-        )
-        try:
-            every = self.options.progress_every
-            for processed, item in enumerate(itertools.chain(head, videos), start=1):
-                self._one(item)
-                if every > 0 and processed % every == 0:
-                    self._report_counts()
-                    if self.progress is not None:
-                        # Queued videos count as imported: they are published with their batch.
-                        imported = len(s.imported) + len(self.batch)
-                        elapsed = time.perf_counter() - self.t0
-                        done = ImportProgress(processed, total, imported, len(s.skipped), len(s.failed), elapsed)
-                        self.progress(done)
-            self._commit()
-        except BaseException as exc:
-            self._report_counts()
-            self.catalog.finish_run(s.run_id, "failed", f"{type(exc).__name__}: {exc}")
-            raise
-        self.catalog.finish_run(s.run_id)
+        run_config = {
+            "command": "import",
+            "source": s.source,
+            "collection": s.collection,
+            "mode": s.mode,
+            "rate": self.rate,
+            "feature_model": self.feature_model,
+            "embedder": s.embedder,
+            "force": self.options.force,
+        }
+        s.run_id = self.writer.run(self._items(itertools.chain(head, videos), total), run_config, total)
 
-    def _one(self, item: ImportedVideo | RejectedVideo) -> None:
+    def _items(self, videos: Iterator[ImportedVideo | RejectedVideo], total: int) -> Iterator[ReaderItem]:
+        """The feature-file reader: each video checked and embedded into the writer's item;
+        a progress report every ``progress_every`` videos."""
+        s, every = self.summary, self.options.progress_every
+        for processed, video in enumerate(videos, start=1):
+            yield self._item(video)
+            if every > 0 and processed % every == 0:
+                self.writer.report_counts()
+                if self.progress is not None:
+                    # Queued videos count as imported: they are published with their batch.
+                    imported = len(s.imported) + len(self.writer.queue)
+                    elapsed = time.perf_counter() - self.t0
+                    self.progress(ImportProgress(processed, total, imported, len(s.skipped), len(s.failed), elapsed))
+
+    def _item(self, item: ImportedVideo | RejectedVideo) -> ReaderItem:
         if isinstance(item, RejectedVideo):
-            self._fail(item.key, item.error, item.uri, item.duration_s)
-            return
+            return self._rejected(item.key, item.error, item.uri, item.duration_s)
         if self.embedder is None:
             # None of the first few videos had usable features: the first that has sets the dim.
             if item.features.ndim != 2 or min(item.features.shape) == 0:
-                self._fail(item.key, _shape_error(item.features), item.uri, item.duration_s)
-                return
+                return self._rejected(item.key, _shape_error(item.features), item.uri, item.duration_s)
             self._setup(item.features.shape[1])
         try:
             array = self._check(item)
         except ValueError as exc:
-            self._fail(item.key, str(exc), item.uri, item.duration_s)
-            return
-        digest = content_hash(array, item.rate, self.summary.mode)
+            return self._rejected(item.key, str(exc), item.uri, item.duration_s)
+        digest = feature_digest(array, item.rate, self.summary.mode)
         provenance = self._provenance(item)
         if not self.options.force and self._unchanged(item, digest, provenance):
-            self.summary.skipped.append(item.key)
-            self.counts["videos_done"] += 1
-            return
+            return Unchanged(item.key)
         try:
             embeddings = self._embed(array, item)
         except ValueError as exc:
-            self._fail(item.key, str(exc), item.uri, item.duration_s)
-            return
-        payload = VideoPayload(
+            return self._rejected(item.key, str(exc), item.uri, item.duration_s)
+        return VideoPayload(
             key=item.key,
             uri=item.uri,
             duration_s=item.duration_s,
             embeddings=embeddings,
-            frame_features=None if self.options.segments else array,
-            feature_rate=item.rate,
+            features={} if self.options.segments else {VISUAL: TimedFeatures(array, item.rate)},
             content_hash=digest,
             metadata={**item.metadata, "import": provenance},
         )
-        self.batch.append((payload, len(embeddings)))
-        self.batch_bytes += embeddings.nbytes + (0 if payload.frame_features is None else array.nbytes)
-        # A slow trickle must still become visible, and a batch must fit in memory.
-        full = len(self.batch) >= self._batch_size() or self.batch_bytes >= _BATCH_BYTES
-        if full or time.monotonic() - self._last_commit > 10:
-            self._commit()
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -795,110 +688,40 @@ class _ImportRun:
         assert self.embedder is not None
         if self.embedder.projectors is None:
             return l2_normalize(array)
-        embeddings = embed_features(self.embedder.projectors, array, video.rate, video.duration_s, self.length_s)
+        rows = segment_rows(len(array), video.rate, video.duration_s, self.length_s)
+        embeddings = self.embedder.projectors.embed_segments(array, rows)
         if not np.isfinite(embeddings).all():
             raise ValueError("the projector produced NaN or infinite embeddings from its features")
         return embeddings
 
     def _prepare_collection(self, embedder: _Embedder) -> None:
         """Create (or check) the collection for ``embedder.dim``-d vectors; refuse a collection
-        of another dimension or holding another model's vectors."""
+        of another shape or holding another model's vectors."""
         name, dim = self.summary.collection, embedder.dim
         model = f"{self.feature_model} + {embedder.identity}"
-        what = f"this import makes {dim}-d vectors ({model})"
-        record = self.catalog.get_collection(name)
-        if record is not None and record.dim != dim:
-            raise ImportInputError(
-                f"collection {name!r} holds {record.dim}-d vectors and {what}; "
-                f"import into another collection (--collection NAME)"
-            )
-        if record is not None and record.feature_model and record.feature_model != model:
-            raise ImportInputError(
-                f"collection {name!r} holds vectors of {record.feature_model} and {what}; vectors of different "
-                f"models cannot be searched together: import into another collection (--collection NAME) "
-                f"or name the features' model with --feature-model"
-            )
-        if self.store.has_collection(name):
-            info = self.store.describe(name)
-            if info.dim != dim:
-                raise ImportInputError(
-                    f"collection {name!r} in the {self.store.backend} store holds {info.dim}-d vectors and {what}; "
-                    f"import into another collection (--collection NAME)"
-                )
-            spec, metric = info.index, info.metric
-        else:
-            spec, metric = index_spec_from_config(self.config.vectors.index), self.config.vectors.metric
-            self.store.create_collection(name, dim, spec, metric)
+        spec = index_spec_from_config(self.config.vectors.index)
         try:
-            spec_dict = index_spec_to_dict(spec)
-            self.catalog.register_collection(name, self.store.backend, dim, metric, spec_dict, feature_model=model)
-        except ValueError as exc:
-            raise ImportInputError(str(exc)) from None
+            ensure_collection(self.catalog, self.store, name, dim, model, spec, self.config.vectors.metric)
+        except CollectionMismatch as exc:
+            hint = "import into another collection (--collection NAME)"
+            if exc.kind == "model":
+                hint += " or name the features' model with --feature-model"
+            raise ImportInputError(f"{exc}: {hint}") from None
 
-    # -- publishing and failures ----------------------------------------------------------
+    # -- outcomes -------------------------------------------------------------------------
 
-    def _batch_size(self) -> int:
-        # Each flush rewrites a whole Faiss index (and costs Milvus about a second): batches
-        # grow with the import so a 20K-video release writes the index some tens of times,
-        # not 20K times. A crash loses at most one batch, which stays pending and is redone.
-        return max(self.config.ingest.write_batch_videos, self.published // 10)
+    def _rejected(self, key: str, error: str, uri: str = "", duration_s: float | None = None) -> RejectedVideo:
+        """``key`` as a failure for the writer, which records it in the run and on its catalog
+        row (registered for the purpose when the video is new, so ``spr status`` says why)."""
+        metadata = {"import": {"source": str(self.source.path)}}
+        return RejectedVideo(key, error, uri or self.source.uri(key), duration_s, metadata=metadata)
 
-    def _commit(self) -> None:
-        """Publish the queued videos (one upsert and flush), then write the run's counters."""
-        self._last_commit = time.monotonic()
-        if self.batch:
-            self._publish_batch()
-        self._report_counts()
+    def _published(self, payloads: Sequence[VideoPayload]) -> None:
+        self.summary.imported.extend(p.key for p in payloads)
+        self.summary.segments_written += sum(len(p.embeddings) for p in payloads)
 
-    def _publish_batch(self) -> None:
-        batch, self.batch, self.batch_bytes = self.batch, [], 0
-        payloads = [p for p, _ in batch]
-        try:
-            self._publish(payloads)
-            ok = batch
-        except ValueError as exc:
-            # One bad video must not sink its batch: redo them one by one to find it.
-            log.warning("batch publish failed, publishing its videos one by one", extra={"error": str(exc)})
-            ok = []
-            for payload, n in batch:
-                try:
-                    self._publish([payload])
-                    ok.append((payload, n))
-                except ValueError as one:
-                    self._fail(payload.key, f"publishing failed: {one}", payload.uri, payload.duration_s)
-        segments = sum(n for _, n in ok)
-        self.summary.imported.extend(p.key for p, _ in ok)
-        self.summary.segments_written += segments
-        self.published += len(ok)
-        self.counts.update(videos_done=len(ok), segments_written=segments)
-
-    def _report_counts(self) -> None:
-        if self.summary.run_id is not None and any(self.counts.values()):
-            self.catalog.increment_run(self.summary.run_id, **self.counts)
-        self.counts.clear()
-
-    def _publish(self, payloads: list[VideoPayload]) -> None:
-        publish_videos(
-            self.catalog, self.store, self.summary.collection, payloads, self.length_s, self.features,
-            self.feature_model,
-        )
-
-    def _fail(self, key: str, error: str, uri: str = "", duration_s: float | None = None) -> None:
-        """Record ``key`` failed: in the summary, the run and its catalog row (registered for
-        the purpose when the video is new, so ``spr status`` and the catalog say why)."""
-        log.warning("video %s not imported: %s", key, error, extra={"video_key": key})
+    def _failed(self, key: str, error: str) -> None:
         self.summary.failed[key] = error
-        self.counts["videos_failed"] += 1
-        row = self.catalog.get_video(key)
-        if row is None:
-            safe = duration_s if duration_s is not None and duration_s >= 0 and math.isfinite(duration_s) else 0.0
-            try:
-                row = self.catalog.register_video(
-                    key, uri or self.source.uri(key), safe, metadata={"import": {"source": str(self.source.path)}}
-                )
-            except ValueError:  # a key the catalog cannot hold (too long): the summary says why
-                return
-        self.catalog.mark_failed(row.id, error)
 
 
 def _common_dim(items: Sequence[ImportedVideo | RejectedVideo]) -> int | None:

@@ -1,4 +1,5 @@
-"""The runner: sources -> encoder pool -> batched writer, exactly once per video.
+"""Video ingest: sources -> encoder pool -> the batched writer (:mod:`.writer`), exactly once
+per video.
 
 A video becomes searchable only when all its segments are in the catalog, the vector store
 and the feature store (:func:`spr.publish.publish_videos` marks it ``ready`` last). A re-run
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,15 +21,15 @@ from prometheus_client import CollectorRegistry
 
 from spr.catalog import SegmentCatalog, VideoStatus
 from spr.config import Config
-from spr.features import FrameFeatureStore
-from spr.publish import VideoPayload, publish_videos, unpublish_video
-from spr.segments import segment_count
-from spr.stores import VectorStore, index_spec_from_config, index_spec_to_dict, open_vector_store
+from spr.features import FrameFeatureStore, TimedFeatures
+from spr.publish import CollectionMismatch, VideoPayload, ensure_collection, unpublish_video
+from spr.stores import index_spec_from_config, open_vector_store
 from spr.telemetry import IngestMetrics, serve_metrics
 
 from .encoder import EncodedVideo, EncoderInfo, EncoderSettings, FailedVideo, SkippedVideo
 from .progress import IngestProgress
 from .sources import VideoSource
+from .writer import FlushRule, ReaderItem, RejectedVideo, Unchanged, VideoWriter
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +111,12 @@ def run_ingest(
         else:
             raise ValueError(f"executor must be 'ray' or 'inline', got {executor!r}")
         info = pool.info()
-        _prepare_collection(config, catalog, store, collection, info)
-        run_id = catalog.start_run(
-            {"collection": collection, "executor": executor, "feature_model": info.feature_model, "force": force},
-            videos_total=len(sources),
-        )
-        summary = IngestSummary(run_id, collection, videos_total=len(sources), encoder=info)
+        try:
+            spec = index_spec_from_config(config.vectors.index)
+            ensure_collection(catalog, store, collection, info.dim, info.feature_model, spec, config.vectors.metric)
+        except CollectionMismatch as exc:
+            raise IngestError(f"{exc}: ingest into a new collection (--collection NAME) and swap it in") from None
+        summary = IngestSummary(0, collection, videos_total=len(sources), encoder=info)
         t_work = time.perf_counter()
         summary.startup_s = t_work - t0
         if info.random_weights:
@@ -125,22 +126,18 @@ def run_ingest(
                 extra={"feature_model": info.feature_model},
             )
         progress = progress or IngestProgress(len(sources))
-        writer = _BatchWriter(catalog, store, features, collection, config, info, summary, progress, on_published, metrics)
-        try:
-            _drive(pool, sources, catalog, force, writer, max(pool.capacity, config.ingest.max_videos_in_flight))
-            writer.flush()
-        except BaseException as exc:
-            catalog.finish_run(run_id, "failed", f"{type(exc).__name__}: {exc}")
-            raise
+        report = _Report(summary, progress, metrics, on_published)
+        writer = VideoWriter(
+            catalog, store, collection, config.segments.length_s, features, info.feature_model,
+            FlushRule.from_config(config), on_published=report.published, on_failed=report.failed,
+            on_skipped=report.skipped,
+        )
+        in_flight = max(pool.capacity, config.ingest.max_videos_in_flight)
+        run_config = {"collection": collection, "executor": executor, "feature_model": info.feature_model, "force": force}
+        results = _encoded_videos(pool, sources, catalog, force, in_flight, metrics, progress)
+        summary.run_id = writer.run(results, run_config, len(sources))
         summary.wall_s = time.perf_counter() - t_work
         metrics.set_rate(summary.video_seconds_per_s)
-        catalog.update_run(
-            run_id,
-            videos_done=summary.videos_done + summary.videos_skipped,
-            videos_failed=summary.videos_failed,
-            segments_written=summary.segments_written,
-        )
-        catalog.finish_run(run_id)
         progress.finish()
         return summary
     finally:
@@ -164,44 +161,62 @@ def delete_videos(config: Config, keys: Sequence[str]) -> dict[str, bool]:
     store = open_vector_store(config)
     features = FrameFeatureStore.from_config(config)
     try:
-        names = [c.name for c in catalog.list_collections() if c.backend == store.backend]
+        names = [c.name for c in catalog.list_collections() if store.holds(c)]
         return {key: unpublish_video(catalog, store, names, key, features) for key in keys}
     finally:
         store.close()
         catalog.close()
 
 
-def _prepare_collection(config: Config, catalog: SegmentCatalog, store: VectorStore, name: str, info: EncoderInfo) -> None:
-    existing = catalog.get_collection(name)
-    if existing is not None and existing.feature_model and existing.feature_model != info.feature_model:
-        raise IngestError(
-            f"collection {name!r} holds vectors of {existing.feature_model}, this run makes {info.feature_model}; "
-            f"vectors of different models cannot be searched together: ingest into a new collection "
-            f"(--collection NAME) and swap it in"
-        )
-    if existing is not None and existing.dim != info.dim:
-        raise IngestError(f"collection {name!r} has dim {existing.dim}, the encoder makes {info.dim}-d vectors")
-    spec = index_spec_from_config(config.vectors.index)
-    store.create_collection(name, info.dim, spec, config.vectors.metric)
-    catalog.register_collection(
-        name, store.backend, info.dim, config.vectors.metric, index_spec_to_dict(spec), feature_model=info.feature_model
-    )
-
-
-def _drive(pool: Any, sources: Sequence[VideoSource], catalog: SegmentCatalog, force: bool, writer: "_BatchWriter", in_flight: int) -> None:
+def _encoded_videos(
+    pool: Any,
+    sources: Sequence[VideoSource],
+    catalog: SegmentCatalog,
+    force: bool,
+    in_flight: int,
+    metrics: IngestMetrics,
+    progress: IngestProgress,
+) -> Iterator[ReaderItem]:
+    """The video reader: submits ``sources`` to the encoder ``pool`` (at most ``in_flight`` at
+    a time; unchanged files are not even submitted) and yields each result as the writer's
+    item, then None after every wait (time to publish a trickle, redraw the progress)."""
     queue = list(reversed(sources))
     while queue or pool.in_flight():
         while queue and pool.in_flight() < in_flight:
             source = queue.pop()
             skip_hash = None if force else _skip_hash(catalog, source)
             if skip_hash == "unchanged":
-                writer.skipped(source)
+                yield Unchanged(source.key)
                 continue
             pool.submit(source, skip_hash)
-        writer.metrics.set_in_flight(pool.in_flight())
+        metrics.set_in_flight(pool.in_flight())
         for result in pool.wait(timeout_s=0.5):
-            writer.add(result)
-        writer.tick()
+            yield _as_item(result)
+        progress.refresh()
+        yield None
+
+
+def _as_item(result: Any) -> ReaderItem:
+    """An encoder's result as the writer's item."""
+    if isinstance(result, EncodedVideo):
+        source = result.source
+        return VideoPayload(
+            key=source.key,
+            uri=source.uri,
+            duration_s=result.duration_s,
+            embeddings=result.embeddings,
+            features={result.modality: TimedFeatures(result.features, result.feature_rate)},
+            fps=result.source_fps,
+            content_hash=result.content_hash,
+            metadata={**source.metadata, "path": source.path, **_fingerprint(source)},
+        )
+    if isinstance(result, SkippedVideo):
+        return Unchanged(result.source.key)
+    if isinstance(result, FailedVideo):
+        source = result.source
+        metadata = {**source.metadata, "path": source.path}
+        return RejectedVideo(source.key, result.error, source.uri, 0.0, result.content_hash, metadata)
+    raise TypeError(f"unexpected encoder result {result!r}")
 
 
 def _skip_hash(catalog: SegmentCatalog, source: VideoSource) -> str | None:
@@ -219,105 +234,42 @@ def _skip_hash(catalog: SegmentCatalog, source: VideoSource) -> str | None:
     return video.content_hash
 
 
-class _BatchWriter:
-    """Publishes finished videos in batches (one vector upsert + flush per batch) and keeps
-    the summary, the ingest-run row and the progress display current."""
+class _Report:
+    """Keeps the summary, the progress display and the Prometheus counters current as the
+    writer publishes, skips and fails videos."""
 
-    def __init__(self, catalog, store, features, collection, config, info, summary, progress, on_published, metrics) -> None:
-        self.catalog = catalog
-        self.store = store
-        self.features = features
-        self.collection = collection
-        self.config = config
-        self.info = info
+    def __init__(self, summary: IngestSummary, progress: IngestProgress, metrics: IngestMetrics, on_published) -> None:
         self.summary = summary
         self.progress = progress
+        self.metrics = metrics
         self.on_published = on_published
-        self.metrics: IngestMetrics = metrics
         self._started = time.perf_counter()
-        self.batch: list[EncodedVideo] = []
-        self.batch_frames = 0
-        self._last_flush = time.monotonic()
 
-    def add(self, result: Any) -> None:
-        if isinstance(result, EncodedVideo):
-            self.batch.append(result)
-            self.batch_frames += len(result.frame_features)
-            if len(self.batch) >= self.config.ingest.write_batch_videos or self.batch_frames >= 100_000:
-                self.flush()
-        elif isinstance(result, SkippedVideo):
-            self.skipped(result.source)
-        elif isinstance(result, FailedVideo):
-            self.failed(result.source, result.error, result.content_hash)
-        else:
-            raise TypeError(f"unexpected encoder result {result!r}")
+    def published(self, payloads: Sequence[VideoPayload]) -> None:
+        segments = sum(len(p.embeddings) for p in payloads)
+        seconds = sum(p.duration_s for p in payloads)
+        frames = sum(len(rows.values) for p in payloads for rows in p.features.values())
+        s = self.summary
+        s.videos_done += len(payloads)
+        s.segments_written += segments
+        s.video_seconds += seconds
+        s.frames += frames
+        self.metrics.published(len(payloads), segments, frames, seconds)
+        self.metrics.set_rate(s.video_seconds / max(time.perf_counter() - self._started, 1e-9))
+        self.progress.update(done=len(payloads), video_s=seconds, segments=segments, frames=frames)
+        if self.on_published is not None:
+            self.on_published([p.key for p in payloads])
 
-    def tick(self) -> None:
-        # A slow trickle of videos must still become visible: flush at least every 10 s.
-        if self.batch and time.monotonic() - self._last_flush > 10:
-            self.flush()
-        self.progress.refresh()
-
-    def skipped(self, source: VideoSource) -> None:
+    def skipped(self, key: str) -> None:
         self.summary.videos_skipped += 1
         self.metrics.skipped()
         self.progress.update(skipped=1)
 
-    def failed(self, source: VideoSource, error: str, digest: str | None = None) -> None:
-        log.error("video failed", extra={"video_key": source.key, "path": source.path, "error": error})
-        video = self.catalog.register_video(
-            source.key, source.uri, 0.0, content_hash=digest, metadata={**source.metadata, "path": source.path}
-        )
-        self.catalog.mark_failed(video.id, error)
+    def failed(self, key: str, error: str) -> None:
         self.summary.videos_failed += 1
-        self.summary.failures.append((source.key, error))
+        self.summary.failures.append((key, error))
         self.metrics.failed()
-        self.catalog.increment_run(self.summary.run_id, videos_failed=1)
         self.progress.update(failed=1)
-
-    def flush(self) -> None:
-        self._last_flush = time.monotonic()
-        if not self.batch:
-            return
-        batch, self.batch, self.batch_frames = self.batch, [], 0
-        payloads = []
-        for v in batch:
-            meta = {**v.source.metadata, "path": v.source.path, **_fingerprint(v.source)}
-            payloads.append(
-                VideoPayload(
-                    key=v.source.key,
-                    uri=v.source.uri,
-                    duration_s=v.duration_s,
-                    embeddings=v.embeddings,
-                    frame_features=v.frame_features,
-                    feature_rate=v.frame_rate,
-                    fps=v.source_fps,
-                    content_hash=v.content_hash,
-                    metadata=meta,
-                )
-            )
-        publish_videos(
-            self.catalog, self.store, self.collection, payloads, self.config.segments.length_s,
-            self.features, self.info.feature_model,
-        )
-        segments = sum(segment_count(v.duration_s, self.config.segments.length_s) for v in batch)
-        seconds = sum(v.duration_s for v in batch)
-        frames = sum(len(v.frame_features) for v in batch)
-        s = self.summary
-        s.videos_done += len(batch)
-        s.segments_written += segments
-        s.video_seconds += seconds
-        s.frames += frames
-        self.metrics.published(len(batch), segments, frames, seconds)
-        self.metrics.set_rate(s.video_seconds / max(time.perf_counter() - self._started, 1e-9))
-        self.catalog.increment_run(s.run_id, videos_done=len(batch), segments_written=segments)
-        self.progress.update(done=len(batch), video_s=seconds, segments=segments, frames=frames)
-        log.info(
-            "published videos",
-            extra={"videos": len(batch), "segments": segments, "collection": self.collection},
-        )
-        if self.on_published is not None:
-            self.on_published([v.source.key for v in batch])
 
 
 def _fingerprint(source: VideoSource) -> dict[str, int]:

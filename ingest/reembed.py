@@ -1,29 +1,38 @@
-"""Re-embedding: a new collection from the frame-feature store, without decoding a video.
+"""Re-embedding: a new collection from the feature store, without decoding a video.
 
 A new projector (``spr train projector``) changes every segment vector. Re-ingesting would decode
-the whole archive again and, video by video, take rows through ``pending``; instead this reads
-each ready video's stored per-second features, embeds its segments with the configured projector
-and upserts them, under the same segment ids, into a **new** collection. The catalog is not
-touched: the old collection keeps serving, unchanged, until the search side switches to the new
-one (``vectors.collection``, or a request's ``collection``), and both can be compared with
-``spr eval`` first.
+the whole archive again; instead this reads each ready video's stored per-second features, pools
+them into its segments (:func:`spr.segments.segment_rows`, as ingest and import do), embeds them
+with the configured projector and upserts them, under the same segment ids, into a **new**
+collection through the same writer as ingest (:mod:`.writer`: batches, run counters), with a
+publish step of its own (:func:`upsert_into`): vectors in, flush, batch done. The catalog is not
+touched (no video goes ``pending``; publishing through ``pending`` would hide each batch from
+the live collection too, since a video's row is shared by all collections), so searches go on.
+A re-embedding that crashes or fails is finished by re-running it: the same ids are upserted
+again, so the new collection ends with each segment once. That collection is not searched
+until the search side switches to it (``vectors.collection``, or a request's ``collection``),
+so a half-filled one is seen by no user; both can be compared with ``spr eval`` first.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from spr import ids as spr_ids
-from spr.catalog import SegmentCatalog
+from spr.catalog import SegmentCatalog, VideoRecord, VideoStatus
 from spr.config import Config
-from spr.features import FeatureNotFound, FrameFeatureStore
-from spr.segments import segment_count
-from spr.stores import index_spec_from_config, index_spec_to_dict, open_vector_store
+from spr.features import VISUAL, FeatureNotFound, FrameFeatureStore
+from spr.publish import CollectionMismatch, VideoPayload, ensure_collection
+from spr.segments import segment_count, segment_rows
+from spr.stores import VectorStore, index_spec_from_config, open_vector_store
+
+from .writer import FlushRule, ReaderItem, VideoWriter
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +49,17 @@ class ReembedSummary:
     segments: int = 0
     missing: list[str] = field(default_factory=list)  # ready videos without stored features
     wall_s: float = 0.0
+    run_id: int | None = None
 
 
 def reembed_collection(
     config: Config,
     collection: str,
-    batch_videos: int = 64,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> ReembedSummary:
     """Embed every ready video's stored features with ``projector.checkpoint`` into
-    ``collection`` (created if needed; it must not be the one searches use now)."""
-    from spr.models.projector import load_projectors
-
+    ``collection`` (created if needed; it must not be the one searches use now).
+    ``on_batch(videos done, videos to do)`` runs after each published batch."""
     if collection == config.vectors.collection:
         raise ReembedError(
             f"{collection!r} is the collection searches use now (vectors.collection); re-embed into a new one "
@@ -62,41 +70,24 @@ def reembed_collection(
     store = open_vector_store(config)
     features = FrameFeatureStore.from_config(config)
     try:
-        videos = catalog.list_videos(status="ready")
+        videos = catalog.list_videos(status=VideoStatus.READY.value)
         summary = ReembedSummary(collection)
-        projectors = None
-        pending: list[tuple[np.ndarray, np.ndarray, list[str]]] = []
+        reader = _StoredFeatures(config, catalog, store, features, collection, summary)
 
-        def flush() -> None:
-            if pending:
-                store.upsert(collection, np.concatenate([p[0] for p in pending]), np.concatenate([p[1] for p in pending]), [k for p in pending for k in p[2]])
-                pending.clear()
+        def published(payloads: Sequence[VideoPayload]) -> None:
+            summary.videos += len(payloads)
+            summary.segments += sum(len(p.embeddings) for p in payloads)
+            if on_batch is not None:
+                on_batch(summary.videos, len(videos))
 
-        for video in videos:
-            try:
-                stored = features.read(video.id)
-            except FeatureNotFound:
-                summary.missing.append(video.key)
-                continue
-            if projectors is None:
-                # The projector is checked against the stored features' size once, up front.
-                _, dim, _, clip_model = features.info(video.id)
-                projectors = load_projectors(config.projector.checkpoint, dim)
-                summary.feature_model = f"{clip_model.split(' + ')[0] or 'unknown'} + {projectors.identity}"
-                _prepare(config, catalog, store, collection, projectors.dim, summary.feature_model)
-            n = segment_count(video.duration_s, config.segments.length_s)
-            emb = projectors.embed_segments(stored.features.astype(np.float32), stored.rate, config.segments.length_s)
-            emb = _fit(emb, n)
-            pending.append((spr_ids.segment_ids(video.id, n), emb, [video.key] * n))
-            summary.videos += 1
-            summary.segments += n
-            if len(pending) >= batch_videos:
-                flush()
-                if on_batch is not None:
-                    on_batch(summary.videos, len(videos))
-        flush()
-        if projectors is not None:
-            store.flush(collection)
+        # The stored features are the input, not an output: nothing is written to the
+        # feature store (hence no feature store for the writer).
+        writer = VideoWriter(
+            catalog, store, collection, config.segments.length_s, None, "", FlushRule.from_config(config),
+            on_published=published, publish=upsert_into(catalog, store, collection, config.segments.length_s),
+        )
+        run_config = {"command": "reembed", "collection": collection, "projector": config.projector.checkpoint}
+        summary.run_id = writer.run(reader.items(videos), run_config, len(videos))
         summary.wall_s = time.perf_counter() - t0
         log.info("re-embedded collection", extra={"collection": collection, "videos": summary.videos, "segments": summary.segments})
         return summary
@@ -105,20 +96,82 @@ def reembed_collection(
         catalog.close()
 
 
-def _fit(embeddings: np.ndarray, n: int) -> np.ndarray:
-    """Exactly ``n`` rows: feature rounding can leave one segment more or less than the
-    catalog's count for the video's duration; the catalog's segments are the truth."""
-    if len(embeddings) >= n:
-        return embeddings[:n]
-    return np.concatenate([embeddings, np.repeat(embeddings[-1:], n - len(embeddings), axis=0)])
+def upsert_into(
+    catalog: SegmentCatalog, store: VectorStore, collection: str, segment_length_s: float
+) -> Callable[[Sequence[VideoPayload]], None]:
+    """The writer's publish step for a re-embedding: one upsert of the batch's vectors into
+    ``collection`` under the catalog's segment ids (``spr.ids``: video id, ordinal), then a
+    flush. Video rows, segments and other collections are left as they are; a re-run upserts
+    the same ids, so nothing is duplicated. Errors are :class:`ReembedError`, not
+    ``ValueError``: the writer would record a ``ValueError``'s videos ``failed`` in the catalog,
+    hiding them from the live collection."""
+
+    def publish(payloads: Sequence[VideoPayload]) -> None:
+        ids, vectors, tags = [], [], []
+        for p in payloads:
+            video = catalog.get_video(p.key)
+            n = segment_count(p.duration_s, segment_length_s)
+            if video is None or len(p.embeddings) != n:
+                raise ReembedError(f"video {p.key!r}: {len(p.embeddings)} vectors for {n} catalog segments")
+            ids.append(spr_ids.segment_ids(video.id, n))
+            vectors.append(np.asarray(p.embeddings, dtype=np.float32))
+            tags += [p.key] * n
+        if tags:
+            try:
+                store.upsert(collection, np.concatenate(ids), np.concatenate(vectors), tags)
+            except ValueError as exc:
+                raise ReembedError(f"writing to {collection!r} failed: {exc}") from exc
+        store.flush(collection)
+
+    return publish
 
 
-def _prepare(config: Config, catalog: SegmentCatalog, store, name: str, dim: int, feature_model: str) -> None:
-    existing = catalog.get_collection(name)
-    if existing is not None and existing.feature_model and existing.feature_model != feature_model:
-        raise ReembedError(
-            f"collection {name!r} holds vectors of {existing.feature_model}, not {feature_model}; choose a new name"
-        )
-    spec = index_spec_from_config(config.vectors.index)
-    store.create_collection(name, dim, spec, config.vectors.metric)
-    catalog.register_collection(name, store.backend, dim, config.vectors.metric, index_spec_to_dict(spec), feature_model=feature_model)
+class _StoredFeatures:
+    """The stored-features reader: each video's visual features, pooled into its segments and
+    embedded, as the writer's item. The projector is loaded, and the collection prepared, when
+    the first video's features give the input size."""
+
+    def __init__(self, config: Config, catalog, store, features: FrameFeatureStore, collection: str, summary: ReembedSummary) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.store = store
+        self.features = features
+        self.collection = collection
+        self.summary = summary
+        self.projectors: Any = None
+
+    def items(self, videos: Sequence[VideoRecord]) -> Iterator[ReaderItem]:
+        length_s = self.config.segments.length_s
+        for video in videos:
+            try:
+                stored = self.features.read(video.id, VISUAL)
+            except FeatureNotFound:
+                self.summary.missing.append(video.key)
+                continue
+            if self.projectors is None:
+                self._setup(video.id)
+            rows = segment_rows(len(stored.features), stored.rate, video.duration_s, length_s)
+            embeddings = self.projectors.embed_segments(stored.features.astype(np.float32), rows)
+            yield VideoPayload(
+                key=video.key,
+                uri=video.uri,
+                duration_s=video.duration_s,
+                embeddings=embeddings,
+                fps=video.fps,
+                content_hash=video.content_hash,
+                metadata=video.metadata,
+            )
+
+    def _setup(self, video_id: int) -> None:
+        """Load the projector for the stored features' size; create (or check) the collection."""
+        from spr.models.projector import load_projectors
+
+        _, dim, _, clip_model = self.features.info(video_id, VISUAL)
+        self.projectors = load_projectors(self.config.projector.checkpoint, dim)
+        model = f"{clip_model.split(' + ')[0] or 'unknown'} + {self.projectors.identity}"
+        self.summary.feature_model = model
+        spec = index_spec_from_config(self.config.vectors.index)
+        try:
+            ensure_collection(self.catalog, self.store, self.collection, self.projectors.dim, model, spec, self.config.vectors.metric)
+        except CollectionMismatch as exc:
+            raise ReembedError(f"{exc}: choose a new name") from None

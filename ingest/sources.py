@@ -98,8 +98,8 @@ def sources_from_manifest(manifest: str | os.PathLike[str]) -> list[VideoSource]
     return list(found.values())
 
 
-def content_hash(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
-    """``sha256:<hex>`` of the file's bytes."""
+def file_digest(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
+    """``sha256:<hex>`` of the file's bytes (a video's catalog ``content_hash``)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(block):
@@ -123,6 +123,6 @@ def _add(found: dict[str, VideoSource], source: VideoSource, where: str = "") ->
 
 def _read_rows(manifest: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     try:
-        return list(read_rows(manifest))
+        return list(read_rows(manifest, "manifest", record_keys=("path", "uri", "key")))
     except RowFileError as exc:
         raise SourceError(str(exc)) from None

@@ -1,10 +1,15 @@
-"""The frame-feature store: per-second CLIP frame features of every video, keyed by video id.
+"""The feature store: per-video feature rows of every modality, keyed by (video id, modality).
 
 Refinement scores a proposal against the features of each second it spans, so ingest keeps
-them and the refiner never decodes video at query time. One HDF5 file per video holds a
-``(T, D)`` float16 array (row ``i`` covers ``[i / rate, (i + 1) / rate)`` seconds) and its
-``rate`` (features per second: 1.0 for 1-fps CLIP frames, 1/1.5 for TVR's 1.5-s clips). A
+them and the refiner never decodes video at query time. One HDF5 file per (video, modality)
+holds a ``(T, D)`` float16 array (row ``i`` covers ``[i / rate, (i + 1) / rate)`` seconds) and
+its ``rate`` (rows per second: 1.0 for 1-fps CLIP frames, 1/1.5 for TVR's 1.5-s clips). A
 slice reads only the rows it needs, so an hour-long video costs a proposal a few rows.
+
+A modality is a name (:data:`VISUAL` for CLIP frame features, the only one today; a speech or
+subtitle encoder adds its own name and nothing here changes). The visual features live where
+they always did, ``<shard>/<video id>.h5``; another modality ``m`` beside them in
+``<shard>/<video id>.<m>.h5``.
 
 The root is a local directory (the embedded default, ``<data_dir>/features``) or any fsspec
 URL (``s3://bucket/prefix``, ``memory://`` in tests). Writes are atomic on both: a local file
@@ -17,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -26,7 +32,24 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FeatureNotFound", "FrameFeatureStore", "FrameFeatures", "span_rows"]
+from .segments import span_rows
+
+__all__ = [
+    "VISUAL",
+    "FeatureNotFound",
+    "FrameFeatureStore",
+    "FrameFeatures",
+    "Modality",
+    "TimedFeatures",
+    "check_modality",
+    "span_rows",
+]
+
+# A modality is a plain name, not an enum: a new one (speech, subtitles) is a new name and
+# needs no change to the core's types.
+Modality = str
+VISUAL: Modality = "visual"  # CLIP frame features, the projector's segment input
+_MODALITY_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 _DATASET = "features"
 _SUFFIX = ".h5"
@@ -59,14 +82,28 @@ class FrameFeatures:
         return len(self.features) / self.rate
 
 
-def span_rows(start_s: float, end_s: float, rate: float, total: int) -> tuple[int, int]:
-    """Half-open row range ``[lo, hi)`` of every feature overlapping ``[start_s, end_s)``,
-    clipped to ``[0, total)``; at least one row when ``total > 0``."""
-    lo = int(math.floor(max(0.0, start_s) * rate + 1e-9))
-    hi = int(math.ceil(max(start_s, end_s) * rate - 1e-9))
-    lo = min(max(lo, 0), max(total - 1, 0))
-    hi = min(max(hi, lo + 1), total)
-    return lo, hi
+@dataclass(frozen=True)
+class TimedFeatures:
+    """Feature rows of one video in one modality, as ingest writes them: ``values`` ``(T, D)``
+    (any float dtype; the store keeps float16), row ``i`` covering ``[i / rate, (i + 1) / rate)``
+    seconds."""
+
+    values: np.ndarray
+    rate: float
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.asarray(self.values).nbytes)
+
+
+def check_modality(modality: str) -> Modality:
+    """``modality`` if it is a usable name (lower-case letters, digits, ``_``; it becomes part
+    of file names), else ValueError."""
+    if not isinstance(modality, str) or not _MODALITY_NAME.fullmatch(modality):
+        raise ValueError(
+            f"a modality is a lower-case name of letters, digits and '_' (up to 32), like {VISUAL!r}; got {modality!r}"
+        )
+    return modality
 
 
 class FrameFeatureStore:
@@ -92,15 +129,20 @@ class FrameFeatureStore:
         """The store at ``config.features_url`` (``<data_dir>/features`` by default)."""
         return cls(config.features_url)
 
-    def path(self, video_id: int) -> str:
+    def path(self, video_id: int, modality: Modality = VISUAL) -> str:
+        """Where one video's features of ``modality`` live (visual: ``<shard>/<id>.h5``, as
+        always; another modality ``m``: ``<shard>/<id>.<m>.h5``)."""
         video_id = int(video_id)
-        return f"{self._root.rstrip('/')}/{video_id % _SHARDS:02x}/{video_id}{_SUFFIX}"
+        tag = "" if modality == VISUAL else f".{check_modality(modality)}"
+        return f"{self._root.rstrip('/')}/{video_id % _SHARDS:02x}/{video_id}{tag}{_SUFFIX}"
 
     # --- writes ------------------------------------------------------------------------------
 
-    def write(self, video_id: int, features: np.ndarray, rate: float, model: str = "") -> None:
-        """Store ``features`` ``(T, D)`` (any float dtype; kept as float16) of one video,
-        replacing what it had. ``rate`` is features per second."""
+    def write(
+        self, video_id: int, features: np.ndarray, rate: float, model: str = "", modality: Modality = VISUAL
+    ) -> None:
+        """Store ``features`` ``(T, D)`` (any float dtype; kept as float16) of one video in
+        ``modality``, replacing what it had there. ``rate`` is rows per second."""
         feats = np.asarray(features)
         if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
             raise ValueError(f"features of video {video_id} must have shape (T>0, D>0), got {feats.shape}")
@@ -110,7 +152,7 @@ class FrameFeatureStore:
         if not np.isfinite(feats16).all():
             raise ValueError(f"features of video {video_id} contain NaN or infinity (or overflow float16)")
         data = _encode(feats16, float(rate), model)
-        final = self.path(video_id)
+        final = self.path(video_id, modality)
         if self._local:
             Path(final).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
@@ -123,9 +165,16 @@ class FrameFeatureStore:
             self._fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
             self._fs.pipe_file(final, data)
 
-    def delete(self, video_id: int) -> bool:
-        """Remove one video's features; False if there were none."""
-        final = self.path(video_id)
+    def delete(self, video_id: int, modality: Modality | None = None) -> bool:
+        """Remove one video's features of ``modality``, or of every modality when None (what
+        deleting a video needs); False if there were none."""
+        modalities = [modality] if modality is not None else self.modalities(video_id)
+        removed = False
+        for m in modalities:
+            removed |= self._remove(self.path(video_id, m))
+        return removed
+
+    def _remove(self, final: str) -> bool:
         if self._local:
             try:
                 os.remove(final)
@@ -139,23 +188,38 @@ class FrameFeatureStore:
 
     # --- reads -------------------------------------------------------------------------------
 
-    def exists(self, video_id: int) -> bool:
-        final = self.path(video_id)
+    def exists(self, video_id: int, modality: Modality = VISUAL) -> bool:
+        final = self.path(video_id, modality)
         return os.path.exists(final) if self._local else bool(self._fs.exists(final))
 
-    def read(self, video_id: int) -> FrameFeatures:
+    def modalities(self, video_id: int) -> list[Modality]:
+        """The modalities one video has features of, sorted."""
+        video_id = int(video_id)
+        shard = f"{self._root.rstrip('/')}/{video_id % _SHARDS:02x}"
+        pattern = f"{video_id}.*{_SUFFIX}"
+        if self._local:
+            names = [p.name for p in Path(shard).glob(pattern)]
+        else:
+            names = [p.rsplit("/", 1)[-1] for p in self._fs.glob(f"{shard}/{pattern}")]
+        tags = [n[len(str(video_id)) + 1 : -len(_SUFFIX)] for n in names]
+        others = [m for m in tags if _MODALITY_NAME.fullmatch(m) and m != VISUAL]
+        return sorted(([VISUAL] if self.exists(video_id) else []) + others)
+
+    def read(self, video_id: int, modality: Modality = VISUAL) -> FrameFeatures:
         """All features of one video."""
-        return self.read_span(video_id, 0.0, math.inf)
+        return self.read_span(video_id, 0.0, math.inf, modality)
 
-    def read_span(self, video_id: int, start_s: float, end_s: float) -> FrameFeatures:
+    def read_span(self, video_id: int, start_s: float, end_s: float, modality: Modality = VISUAL) -> FrameFeatures:
         """Rows overlapping ``[start_s, end_s)`` seconds (at least one)."""
-        return self.read_spans(video_id, [(start_s, end_s)])[0]
+        return self.read_spans(video_id, [(start_s, end_s)], modality)[0]
 
-    def read_spans(self, video_id: int, spans: Sequence[tuple[float, float]]) -> list[FrameFeatures]:
+    def read_spans(
+        self, video_id: int, spans: Sequence[tuple[float, float]], modality: Modality = VISUAL
+    ) -> list[FrameFeatures]:
         """Several spans of one video through one file open, in input order."""
         import h5py
 
-        with self._open(video_id) as fh, h5py.File(fh, "r") as h5:
+        with self._open(video_id, modality) as fh, h5py.File(fh, "r") as h5:
             ds = h5[_DATASET]
             rate = float(ds.attrs["rate"])
             total = ds.shape[0]
@@ -167,7 +231,11 @@ class FrameFeatureStore:
             return out
 
     def read_many(
-        self, requests: Iterable[tuple[int, float, float]], missing: str = "raise", pool: Executor | None = None
+        self,
+        requests: Iterable[tuple[int, float, float]],
+        missing: str = "raise",
+        pool: Executor | None = None,
+        modality: Modality = VISUAL,
     ) -> list[FrameFeatures | None]:
         """``[(video_id, start_s, end_s), ...]`` in input order, one file open per distinct video
         (a query's ~100 proposals come from far fewer videos). ``missing="none"`` puts None
@@ -182,7 +250,7 @@ class FrameFeatureStore:
 
         def read_video(vid: int) -> list[FrameFeatures] | None:
             try:
-                return self.read_spans(vid, [(requests[i][1], requests[i][2]) for i in by_video[vid]])
+                return self.read_spans(vid, [(requests[i][1], requests[i][2]) for i in by_video[vid]], modality)
             except FeatureNotFound:
                 if missing == "raise":
                     raise
@@ -196,31 +264,34 @@ class FrameFeatureStore:
                 out[i] = feats
         return out
 
-    def info(self, video_id: int) -> tuple[int, int, float, str]:
+    def info(self, video_id: int, modality: Modality = VISUAL) -> tuple[int, int, float, str]:
         """``(T, D, rate, model)`` without reading the features."""
         import h5py
 
-        with self._open(video_id) as fh, h5py.File(fh, "r") as h5:
+        with self._open(video_id, modality) as fh, h5py.File(fh, "r") as h5:
             ds = h5[_DATASET]
             return int(ds.shape[0]), int(ds.shape[1]), float(ds.attrs["rate"]), str(ds.attrs.get("model", ""))
 
-    def video_ids(self) -> list[int]:
-        """Every video id with features, sorted (for repair passes)."""
+    def video_ids(self, modality: Modality = VISUAL) -> list[int]:
+        """Every video id with features of ``modality``, sorted (for repair passes)."""
+        suffix = _SUFFIX if modality == VISUAL else f".{check_modality(modality)}{_SUFFIX}"
         if self._local:
-            names = [p.name for p in Path(self._root).glob(f"*/*{_SUFFIX}")]
+            names = [p.name for p in Path(self._root).glob(f"*/*{suffix}")]
         else:
-            names = [p.rsplit("/", 1)[-1] for p in self._fs.glob(f"{self._root.rstrip('/')}/*/*{_SUFFIX}")]
-        return sorted(int(n[: -len(_SUFFIX)]) for n in names if n[: -len(_SUFFIX)].isdigit())
+            names = [p.rsplit("/", 1)[-1] for p in self._fs.glob(f"{self._root.rstrip('/')}/*/*{suffix}")]
+        stems = [n[: -len(suffix)] for n in names]
+        return sorted(int(stem) for stem in stems if stem.isdigit())
 
-    def _open(self, video_id: int):
-        final = self.path(video_id)
+    def _open(self, video_id: int, modality: Modality = VISUAL):
+        final = self.path(video_id, modality)
         try:
             if self._local:
                 return open(final, "rb")
             return self._fs.open(final, "rb")
         except FileNotFoundError:
+            what = "frame features" if modality == VISUAL else f"{modality} features"
             raise FeatureNotFound(
-                f"no frame features for video id {video_id} in {self.url}; re-ingest the video "
+                f"no {what} for video id {video_id} in {self.url}; re-ingest the video "
                 f"(or `spr import` its features)"
             ) from None
 

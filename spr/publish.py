@@ -8,20 +8,24 @@ video again upserts the same ids: a re-run finishes the job without duplicates.
 
 Deleting runs the other way: ``deleted`` first (invisible at once), then the vectors, then
 the rows.
+
+:func:`ensure_collection` is the other half of the contract: a collection is what the catalog
+says it is (backend, dimension, metric, index, the model that made its vectors) and the vector
+store holds it with that shape, or the writer is refused before anything is written.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .catalog import SegmentCatalog, VideoRecord
-from .features import FrameFeatureStore
+from .catalog import CollectionRecord, SegmentCatalog, VideoRecord
+from .features import VISUAL, FrameFeatureStore, Modality, TimedFeatures, check_modality
 from .segments import segment_bounds
-from .stores import VectorStore
+from .stores import IndexSpec, VectorStore, index_spec_to_dict
 
 
 @dataclass(frozen=True)
@@ -46,21 +50,26 @@ def publish_video(
     frame_features: np.ndarray | None = None,
     feature_rate: float = 1.0,
     feature_model: str = "",
+    features: Mapping[Modality, TimedFeatures] | None = None,
 ) -> PublishedVideo:
     """Write one video's segment embeddings ``(n, dim)`` (one per ``segment_length_s``
     segment, ordinal order) to the catalog and ``collection``, then make it visible.
 
-    With ``feature_store``, its per-second ``frame_features`` ``(T, D)`` (``feature_rate``
-    per second) are written first, under the same video id, for the refiner.
+    With ``feature_store``, its ``features`` by modality (each ``(T, D)`` rows at a rate) are
+    written first, under the same video id, for the refiner; ``frame_features`` ``(T, D)`` at
+    ``feature_rate`` is short for ``features={VISUAL: TimedFeatures(frame_features, feature_rate)}``.
 
     Replaces whatever the video had before. On any error the video stays invisible
     (``pending``) and the error propagates; the caller records it with ``mark_failed``.
     """
-    if (feature_store is None) != (frame_features is None):
-        raise ValueError("pass feature_store and frame_features together")
-    payload = VideoPayload(
-        key, uri, duration_s, embeddings, frame_features, feature_rate, fps, content_hash, metadata
-    )
+    by_modality = dict(features or {})
+    if frame_features is not None:
+        if VISUAL in by_modality:
+            raise ValueError("pass the visual features once: as frame_features or in features, not both")
+        by_modality[VISUAL] = TimedFeatures(frame_features, feature_rate)
+    if (feature_store is None) != (not by_modality):
+        raise ValueError("pass feature_store and the features (frame_features or features) together")
+    payload = VideoPayload(key, uri, duration_s, embeddings, by_modality, fps, content_hash, metadata)
     return publish_videos(catalog, store, collection, [payload], segment_length_s, feature_store, feature_model)[0]
 
 
@@ -92,17 +101,23 @@ def unpublish_video(
 @dataclass(frozen=True)
 class VideoPayload:
     """Everything one video contributes: its segment ``embeddings`` ``(n, dim)`` (ordinal
-    order) and, optionally, its per-second ``frame_features`` ``(T, D)`` at ``feature_rate``."""
+    order) for the collection, and the feature rows it keeps in the feature store, by modality
+    (``{VISUAL: TimedFeatures((T, D), rate)}`` for video ingest; empty when the stored features
+    stay as they are)."""
 
     key: str
     uri: str
     duration_s: float
     embeddings: np.ndarray
-    frame_features: np.ndarray | None = None
-    feature_rate: float = 1.0
+    features: Mapping[Modality, TimedFeatures] = field(default_factory=dict)
     fps: float | None = None
     content_hash: str | None = None
     metadata: Mapping[str, Any] | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Memory the payload holds: its embeddings and feature rows."""
+        return int(np.asarray(self.embeddings).nbytes) + sum(f.nbytes for f in self.features.values())
 
 
 def publish_videos(
@@ -121,6 +136,10 @@ def publish_videos(
     a crash anywhere leaves the whole batch invisible and a re-run repeats it idempotently."""
     checked = []
     for p in payloads:
+        for modality in p.features:
+            check_modality(modality)
+        if p.features and feature_store is None:
+            raise ValueError(f"video {p.key!r} carries {sorted(p.features)} features but no feature store was given")
         bounds = segment_bounds(p.duration_s, segment_length_s)
         emb = np.asarray(p.embeddings, dtype=np.float32)
         if emb.ndim != 2 or len(emb) != len(bounds):
@@ -136,8 +155,8 @@ def publish_videos(
         video = catalog.register_video(
             p.key, p.uri, p.duration_s, fps=p.fps, content_hash=p.content_hash, metadata=p.metadata
         )
-        if feature_store is not None and p.frame_features is not None:
-            feature_store.write(video.id, p.frame_features, p.feature_rate, feature_model)
+        for modality, rows in p.features.items():
+            feature_store.write(video.id, rows.values, rows.rate, feature_model, modality=modality)
         ids = catalog.replace_segments(video.id, bounds.ordinals, bounds.start_s, bounds.end_s)
         written.append((video, ids))
     keys = [p.key for p, _, _ in checked]
@@ -153,3 +172,80 @@ def publish_videos(
         catalog.mark_ready(video.id)
         published.append(PublishedVideo(catalog.get_video_by_id(video.id) or video, ids))
     return published
+
+
+# --- the collection contract ------------------------------------------------------------------
+
+
+class CollectionMismatch(ValueError):
+    """A collection exists with another shape or model than a writer needs. ``kind`` says what
+    differs: ``"backend"``, ``"dim"``, ``"metric"``, ``"index"`` or ``"model"``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def ensure_collection(
+    catalog: SegmentCatalog,
+    store: VectorStore,
+    name: str,
+    dim: int,
+    feature_model: str,
+    index: IndexSpec,
+    metric: str = "IP",
+) -> CollectionRecord:
+    """Create collection ``name`` for ``dim``-d vectors of ``feature_model`` in ``store`` and
+    the catalog, or check that the existing one is that; the catalog's record is returned.
+
+    Refused with :class:`CollectionMismatch` (nothing written): a catalog record of another
+    backend, dimension or metric, or of another model (a record without a model takes this
+    one); a store collection of another dimension, metric or index than the catalog and
+    ``index`` ask for. Vectors of different models or shapes are never searched together."""
+    record = catalog.get_collection(name)
+    if record is not None:
+        if not store.holds(record):
+            raise CollectionMismatch(
+                "backend",
+                f"collection {name!r} is registered for the {record.backend} store, not {store.backend}",
+            )
+        if record.dim != dim:
+            raise CollectionMismatch(
+                "dim", f"collection {name!r} holds {record.dim}-d vectors and this run makes {dim}-d vectors"
+            )
+        if record.metric.upper() != metric.upper():
+            raise CollectionMismatch(
+                "metric", f"collection {name!r} compares vectors by {record.metric}, this run by {metric}"
+            )
+        if record.feature_model and feature_model and record.feature_model != feature_model:
+            raise CollectionMismatch(
+                "model",
+                f"collection {name!r} holds vectors of {record.feature_model} and this run makes {feature_model}; "
+                f"vectors of different models cannot be searched together",
+            )
+    if store.has_collection(name):
+        info = store.describe(name)
+        if info.dim != dim:
+            raise CollectionMismatch(
+                "dim",
+                f"collection {name!r} in the {store.backend} store holds {info.dim}-d vectors and this run makes "
+                f"{dim}-d vectors",
+            )
+        if info.metric.upper() != metric.upper():
+            raise CollectionMismatch(
+                "metric", f"collection {name!r} in the {store.backend} store compares by {info.metric}, not {metric}"
+            )
+        if info.index != index:
+            raise CollectionMismatch(
+                "index",
+                f"collection {name!r} in the {store.backend} store has the index {index_spec_to_dict(info.index)}, "
+                f"the configuration asks for {index_spec_to_dict(index)} (vectors.index)",
+            )
+    else:
+        store.create_collection(name, dim, index, metric)
+    try:
+        return catalog.register_collection(
+            name, store.backend, dim, metric, index_spec_to_dict(index), feature_model=feature_model or None
+        )
+    except ValueError as exc:  # another process registered it differently in between
+        raise CollectionMismatch("backend", str(exc)) from None

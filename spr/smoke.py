@@ -19,10 +19,10 @@ from .catalog import SegmentCatalog, masked_url
 from .config import Config
 from .metrics import temporal_iou
 from .proposals import Proposal, gap_rule_from_config
-from .publish import publish_video
+from .publish import ensure_collection, publish_video
 from .retrieval import retrieve_proposals
 from .segments import segment_count
-from .stores import VectorStore, index_spec_from_config, index_spec_to_dict, l2_normalize, open_vector_store
+from .stores import VectorStore, index_spec_from_config, l2_normalize, open_vector_store
 
 KEY_PREFIX = "smoke/"
 
@@ -108,10 +108,7 @@ def run_smoke(config: Config, videos: int = 20, events: int = 5, seed: int = 0, 
     store: VectorStore = open_vector_store(config)
     catalog = SegmentCatalog.from_config(config)
     try:
-        store.create_collection(collection, dim, spec, config.vectors.metric)
-        catalog.register_collection(
-            collection, store.backend, dim, config.vectors.metric, index_spec_to_dict(spec), feature_model="synthetic"
-        )
+        ensure_collection(catalog, store, collection, dim, "synthetic", spec, config.vectors.metric)
         t0 = time.perf_counter()
         segments = 0
         for key, duration, emb in corpus:

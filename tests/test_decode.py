@@ -1,4 +1,4 @@
-"""Frame sampling (ingest.decode) on real files written by ingest.synthetic_video.
+"""Frame sampling (spr.ingest.decode) on real files written by spr.ingest.synthetic_video.
 
 Every synthetic frame's background colour encodes the second it belongs to
 (``second_of_frame``), so these tests check *which* frame each sample shows, not just how
@@ -31,11 +31,9 @@ from spr.ingest.synthetic_video import (
     marker_size,
     pick_encoder,
     second_of_frame,
-    truncate_copy,
-    write_audio_only,
-    write_corrupt,
     write_video,
 )
+from videos import truncate_copy, write_audio_only, write_corrupt
 
 WIDTH, HEIGHT = 64, 48
 
@@ -352,8 +350,8 @@ def test_decode_error_survives_pickling() -> None:
 _DECODE_AND_REPORT_RSS = textwrap.dedent(
     """
     import json, resource, sys
-    from ingest.decode import sample_frames
-    from ingest.synthetic_video import second_of_frame
+    from spr.ingest.decode import sample_frames
+    from spr.ingest.synthetic_video import second_of_frame
 
     before_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     count = mismatches = 0

@@ -17,16 +17,15 @@ from conftest import run_spr
 from spr.ingest.importer import (
     ImportInputError,
     ImportOptions,
-    embed_features,
     import_features,
     read_manifest,
-    segment_row_ranges,
 )
+from spr.ingest.reembed import reembed_collection
 from spr.catalog import SegmentCatalog
 from spr.config import CatalogConfig, Config, MilvusConfig, VectorsConfig
 from spr.features import FrameFeatureStore
 from spr.retrieval import retrieve_proposals
-from spr.segments import segment_count
+from spr.segments import segment_count, segment_rows
 from spr.stores import l2_normalize, open_vector_store
 
 D = 24
@@ -92,22 +91,26 @@ def open_stores(config: Config):
 
 
 def test_1_5_s_clips_are_pooled_by_the_4_s_segments_they_overlap():
-    ranges = segment_row_ranges(40, 1 / TVR_CLIP_S, 60.0, 4.0)
+    starts, stops = segment_rows(40, 1 / TVR_CLIP_S, 60.0, 4.0)
+    ranges = np.stack([starts, stops], axis=1)
     assert len(ranges) == 15
     # [0, 4) s: clips 0-2 (0-4.5 s); [4, 8) s: clips 2-5 (3-9 s), the straddling clip 2 in both.
     assert ranges[:3].tolist() == [[0, 3], [2, 6], [5, 8]]
     assert ranges[-1].tolist() == [37, 40]
 
 
-def test_whole_row_grids_take_the_ingest_path_and_give_the_same_embeddings():
+def test_whole_row_grids_pool_whole_blocks_of_rows_as_ingest_does():
     from spr.models.projector import untrained_projectors
 
     projectors = untrained_projectors(D)
     feats = features(18, 0)  # 1 fps, 18 s: 5 segments, the last 2 s long
-    via_import = embed_features(projectors, feats, 1.0, 18.0, 4.0)
-    np.testing.assert_allclose(via_import, projectors.embed_segments(feats, 1.0, 4.0), atol=1e-6)
+    rows = segment_rows(18, 1.0, 18.0, 4.0)
+    assert np.stack(rows, axis=1).tolist() == [[0, 4], [4, 8], [8, 12], [12, 16], [16, 18]]
+    via_import = projectors.embed_segments(feats, rows)
+    blocks = [l2_normalize(feats[lo : lo + 4].mean(0)) for lo in range(0, 18, 4)]
+    np.testing.assert_allclose(via_import, np.stack(blocks), atol=1e-6)
     # T a little short of the duration: the last segment pools the rows it overlaps.
-    short = embed_features(projectors, feats[:17], 1.0, 18.0, 4.0)
+    short = projectors.embed_segments(feats[:17], segment_rows(17, 1.0, 18.0, 4.0))
     assert short.shape == (5, D)
     np.testing.assert_allclose(short[4], l2_normalize(feats[16:17].mean(0)), atol=1e-6)
 
@@ -148,6 +151,105 @@ def test_tvr_clip_features_import_searchable_at_their_times_with_features_for_th
         again = import_features(config, h5, manifest, options)
         assert sorted(again.skipped) == sorted(videos) and again.imported == [] and again.segments_written == 0
         assert catalog.segment_count() == store.count(name) == 45
+    finally:
+        store.close()
+        catalog.close()
+
+
+def test_reembedding_imported_tvr_clips_gives_the_vectors_the_import_gave(faiss_config, tmp_path):
+    """1.5-s clips do not fall on the 4-s grid: import and re-embedding must pool the same
+    clips for each segment (the catalog's 4i..4i+4 s), not 3 clips (4.5 s) per segment."""
+    videos = {"a": features(40, 1), "b": features(27, 2)}  # 60 s and 40.5 s of 1.5-s clips
+    h5 = write_h5(tmp_path / "tvr.h5", videos)
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"key": "a", "duration": 59.8}, {"key": "b", "duration": 40.2}])
+    imported = import_features(faiss_config, h5, manifest, ImportOptions(clip_length_s=TVR_CLIP_S))
+    assert sorted(imported.imported) == ["a", "b"]
+    again = reembed_collection(faiss_config, "reembedded")
+    assert (again.videos, again.segments, again.missing) == (2, imported.segments_written, [])
+
+    from spr.models.projector import untrained_projectors
+
+    projectors = untrained_projectors(D)
+    catalog, store = open_stores(faiss_config)
+    try:
+        for key, feats in videos.items():
+            video = catalog.get_video(key)
+            rows = segment_rows(len(feats), 1 / TVR_CLIP_S, video.duration_s, 4.0)
+            expected = projectors.embed_segments(feats, rows)  # the import's vectors
+            ids = (video.id << 20) + np.arange(len(expected))
+            for name in (faiss_config.vectors.collection, "reembedded"):
+                found = store.search(name, expected, 1)
+                # Each segment's own vector comes first, at cosine 1 (features kept as float16).
+                assert found.ids[:, 0].tolist() == ids.tolist(), name
+                np.testing.assert_allclose(found.scores[:, 0], 1.0, atol=2e-3)
+    finally:
+        store.close()
+        catalog.close()
+
+
+def test_a_reembedding_that_fails_mid_way_leaves_search_untouched_and_a_rerun_fills_the_new_collection_once(
+    faiss_config, tmp_path, monkeypatch
+):
+    from spr.config import IngestConfig
+    from spr.models.projector import untrained_projectors
+    from spr.stores.faiss_store import FaissStore
+
+    config = faiss_config.replace(ingest=IngestConfig(write_batch_videos=1))  # one video per batch
+    videos = {k: features(20, i) for i, k in enumerate(["a", "b", "c", "d"])}
+    manifest = write_jsonl(tmp_path / "m.jsonl", [{"key": k, "duration": 20} for k in videos])
+    assert import_features(config, write_h5(tmp_path / "f.h5", videos), manifest).imported == list(videos)
+    catalog, store = open_stores(config)
+    rows_before = {v.key: (v.status, v.metadata) for v in catalog.list_videos()}
+    store.close()
+    catalog.close()
+
+    flush, flushes = FaissStore.flush, []
+
+    def flush_then_fail(self, name):
+        flush(self, name)
+        flushes.append(name)
+        if name == "v2" and flushes.count("v2") == 2:  # b's vectors are durable, its batch not counted yet
+            raise RuntimeError("the machine went away")
+
+    monkeypatch.setattr(FaissStore, "flush", flush_then_fail)
+    with pytest.raises(RuntimeError, match="went away"):
+        reembed_collection(config, "v2")
+    monkeypatch.setattr(FaissStore, "flush", flush)
+
+    projectors = untrained_projectors(D)
+    old = config.vectors.collection
+
+    def own_vectors(video):
+        return projectors.embed_segments(videos[video.key], segment_rows(20, 1.0, 20.0, 4.0))
+
+    catalog, store = open_stores(config)
+    try:
+        # The catalog's video rows are not the re-embedding's: every video is still ready, as it was.
+        assert {v.key: (v.status, v.metadata) for v in catalog.list_videos()} == rows_before
+        assert [catalog.get_run(i).config["command"] for i in (1, 2)] == ["import", "reembed"]
+        assert catalog.get_run(2).status == "failed" and "went away" in catalog.get_run(2).error
+        assert store.count("v2") == 5 + 5  # a's and b's vectors
+        # The live collection still answers for every video, the failed batch's included.
+        for key in videos:
+            video = catalog.get_video(key)
+            hits = retrieve_proposals(store, catalog, old, own_vectors(video)[2], top_k=5).proposals
+            assert any(p.video_key == key for p in hits), key
+        # Only ready videos are re-embedded: one pending after a crashed import is the import's to finish.
+        catalog.register_video("e", "file:///e", 8.0)
+
+        again = reembed_collection(config, "v2")
+        assert again.videos == 4 and again.segments == 20
+        store.close()
+        store = open_vector_store(config)
+        assert {v.key: (v.status, v.metadata) for v in catalog.list_videos() if v.key != "e"} == rows_before
+        assert catalog.get_video("e").status == "pending"
+        # One vector per catalog segment: the re-run upserted b's ids again instead of adding them.
+        assert store.count("v2") == catalog.segment_count() == 20
+        for key in videos:
+            video = catalog.get_video(key)
+            found = store.search("v2", own_vectors(video), 1)
+            assert found.ids[:, 0].tolist() == ((video.id << 20) + np.arange(5)).tolist()
+        assert store.count(old) == 20  # the old collection was never written
     finally:
         store.close()
         catalog.close()
@@ -262,10 +364,10 @@ def test_bad_videos_fail_alone_and_the_summary_and_catalog_say_why(faiss_config,
 def test_a_video_whose_publishing_fails_inside_a_batch_fails_alone(faiss_config, tmp_path, monkeypatch):
     write = FrameFeatureStore.write
 
-    def write_or_refuse(self, video_id, feats, rate, model=""):
+    def write_or_refuse(self, video_id, feats, rate, model="", modality="visual"):
         if len(feats) == 13:  # the marked video
             raise ValueError("disk says no")
-        write(self, video_id, feats, rate, model)
+        write(self, video_id, feats, rate, model, modality)
 
     monkeypatch.setattr(FrameFeatureStore, "write", write_or_refuse)
     videos = {"a": features(8, 1), "b": features(13, 2), "c": features(8, 3), "k" * 600: features(8, 4)}

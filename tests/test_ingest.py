@@ -24,15 +24,16 @@ import pytest
 from spr.ingest.pipeline import delete_videos, run_ingest
 from spr.ingest.progress import IngestProgress
 from spr.ingest.sources import SourceError, sources_from_manifest, sources_from_paths
-from spr.ingest.synthetic_video import truncate_copy, write_audio_only, write_corrupt, write_video
+from spr.ingest.synthetic_video import write_video
 from spr.catalog import SegmentCatalog
 from spr.config import load_config
 from spr.features import FrameFeatureStore
 from spr.retrieval import retrieve_proposals
-from spr.segments import segment_count
+from spr.segments import segment_count, segment_rows
 from spr.stores import l2_normalize, open_vector_store
 
 from conftest import run_spr
+from videos import truncate_copy, write_audio_only, write_corrupt
 
 RED = (230, 30, 30)
 
@@ -413,7 +414,8 @@ def test_reembed_fills_a_new_collection_from_stored_features_while_the_old_one_k
 
         b = catalog.get_video("b.mp4")
         stored = features.read(b.id)
-        expected = load_projectors(str(ckpt), 64).embed_segments(stored.features.astype(np.float32), 1.0, 4.0)
+        rows = segment_rows(len(stored.features), 1.0, b.duration_s, 4.0)
+        expected = load_projectors(str(ckpt), 64).embed_segments(stored.features.astype(np.float32), rows)
         hits = store.search("trained", expected[3], 1).hits(0)
         assert hits[0][0] == (b.id << 20) | 3 and hits[0][1] == pytest.approx(1.0, abs=1e-3)
     finally:

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from spr.catalog import SegmentCatalog, VideoStatus
+from spr.features import VISUAL, FrameFeatureStore, TimedFeatures
 from spr.proposals import ConstantGap
-from spr.publish import publish_video, unpublish_video
+from spr.publish import CollectionMismatch, VideoPayload, ensure_collection, publish_video, publish_videos, unpublish_video
 from spr.retrieval import retrieve_proposals
-from spr.stores import Flat, l2_normalize
+from spr.stores import Flat, Hnsw, l2_normalize
 from spr.stores.faiss_store import FaissStore
 from spr.stores.milvus_store import MilvusStore
 
@@ -167,3 +168,62 @@ def test_a_process_killed_mid_publish_leaves_no_partial_video_and_a_rerun_comple
         assert store.count("c") == 20
         found = store.search("c", l2_normalize(np.random.default_rng(2).standard_normal((5, DIM))), k=20)
         assert len(set(found.ids[0].tolist())) == 20  # every id once
+
+
+# --- the collection contract --------------------------------------------------------------------
+
+
+def test_ensure_collection_creates_once_and_refuses_another_shape_or_model(stores):
+    catalog, store, _ = stores
+    name = f"t_ens_{uuid.uuid4().hex[:8]}"
+    try:
+        first = ensure_collection(catalog, store, name, DIM, "clip + mean-pool", Flat())
+        assert (first.dim, first.backend, first.feature_model) == (DIM, store.backend, "clip + mean-pool")
+        assert store.describe(name).dim == DIM
+        assert ensure_collection(catalog, store, name, DIM, "clip + mean-pool", Flat()).id == first.id
+        refusals = [
+            ((name, DIM * 2, "clip + mean-pool", Flat()), "dim", f"{DIM}-d.*{DIM * 2}-d"),
+            ((name, DIM, "other + model", Flat()), "model", "different models"),
+            ((name, DIM, "clip + mean-pool", Hnsw()), "index", "vectors.index"),
+        ]
+        for args, kind, words in refusals:
+            with pytest.raises(CollectionMismatch, match=words) as info:
+                ensure_collection(catalog, store, *args)
+            assert info.value.kind == kind
+        assert catalog.get_collection(name).feature_model == "clip + mean-pool"  # nothing changed
+        # The store lost the collection: the catalog's record is the contract it is made again to.
+        store.drop_collection(name)
+        ensure_collection(catalog, store, name, DIM, "clip + mean-pool", Flat())
+        assert store.has_collection(name)
+    finally:
+        store.drop_collection(name)
+
+
+def test_a_second_modality_is_published_beside_the_visual_features_and_deleted_with_them(tmp_path):
+    catalog = SegmentCatalog.open(f"sqlite:///{tmp_path / 'catalog.db'}")
+    store = FaissStore(tmp_path / "faiss")
+    features = FrameFeatureStore(tmp_path / "features")
+    try:
+        store.create_collection("speech", DIM, Flat())
+        frames = np.random.default_rng(0).standard_normal((12, 8)).astype(np.float32)
+        speech = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)  # one row per 4-s segment
+        payload = VideoPayload(
+            "talk", "file:///talk.mp4", 12.0, embeddings(3, 1),
+            features={VISUAL: TimedFeatures(frames, 1.0), "speech": TimedFeatures(speech, 0.25)},
+        )
+        (published,) = publish_videos(catalog, store, "speech", [payload], 4.0, features, "test-encoders")
+        video_id = published.video.id
+        assert features.modalities(video_id) == ["speech", VISUAL]
+        # The visual features are where they always were: the refiner's reads are unchanged.
+        np.testing.assert_allclose(features.read(video_id).features, frames, atol=1e-2)
+        read_back = features.read_span(video_id, 4.0, 8.0, modality="speech")
+        assert (read_back.rate, read_back.first_s, read_back.features.shape) == (0.25, 4.0, (1, 6))
+        assert features.info(video_id, "speech") == (3, 6, 0.25, "test-encoders")
+        assert features.video_ids() == features.video_ids("speech") == [video_id]
+        assert unpublish_video(catalog, store, "speech", "talk", features)
+        assert features.modalities(video_id) == []
+        with pytest.raises(ValueError, match="modality"):
+            features.write(video_id, speech, 0.25, modality="../Speech")
+    finally:
+        store.close()
+        catalog.close()

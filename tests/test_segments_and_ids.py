@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from spr import ids
-from spr.segments import segment_bounds, segment_count
+from spr.segments import segment_bounds, segment_count, segment_rows, span_rows
 
 
 def test_an_hour_is_900_four_second_segments_covering_it_exactly():
@@ -49,3 +49,32 @@ def test_out_of_range_videos_and_ordinals_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="longer segment length"):
         ids.segment_id(1, ids.MAX_ORDINAL + 1)
     assert ids.segment_ids(3, 0).shape == (0,)
+
+
+# --- which feature rows a segment pools -------------------------------------------------------
+
+
+def test_segments_pool_every_row_that_overlaps_them_in_time():
+    # TVR's 1.5-s clips under 4-s segments: the clip straddling 4 s counts in both segments.
+    starts, stops = segment_rows(40, 1 / 1.5, 59.8, 4.0)
+    assert (starts.shape, stops.shape, starts.dtype) == ((15,), (15,), np.int64)
+    assert np.stack([starts, stops], axis=1)[:3].tolist() == [[0, 3], [2, 6], [5, 8]]
+    # 1 fps: whole blocks of 4 rows, the last partial segment its own rows.
+    assert np.stack(segment_rows(10, 1.0, 9.5, 4.0), axis=1).tolist() == [[0, 4], [4, 8], [8, 10]]
+
+
+def test_segment_rows_agree_with_the_feature_store_span_of_each_segment():
+    for n_rows, rate, duration in [(40, 1 / 1.5, 59.8), (21, 1.0, 21.0), (7, 2.0, 3.3), (3, 1.0, 9.0), (0, 1.0, 8.0)]:
+        bounds = segment_bounds(duration, 4.0)
+        rows = segment_rows(n_rows, rate, duration, 4.0)
+        assert len(rows) == len(bounds)
+        spans = [span_rows(s, e, rate, n_rows) for s, e in zip(bounds.start_s, bounds.end_s)]
+        assert list(zip(rows.starts.tolist(), rows.stops.tolist())) == spans, (n_rows, rate, duration)
+
+
+def test_segment_rows_of_features_starting_later_and_bad_rates():
+    # Rows 0.. start at 8 s: segment [8, 12) is rows 0-3 of the span.
+    rows = segment_rows(8, 1.0, 16.0, 4.0, first_s=8.0)
+    assert (rows.starts[2], rows.stops[2]) == (0, 4)
+    with pytest.raises(ValueError, match="rate"):
+        segment_rows(10, 0.0, 10.0)

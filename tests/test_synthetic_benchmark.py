@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from spr.ingest.importer import ImportedVideo, read_hdf5, read_manifest
+from spr.ingest.importer import ImportedVideo, open_source, read_manifest, read_videos
 from spr.data.tvr_ranking import load_query_features, load_query_records
 from spr.data.synthetic import PLANTED_RELEVANCE, SAME_TYPE_RELEVANCE, SPLITS, make_synthetic_benchmark
 
@@ -88,7 +88,11 @@ def test_written_files_load_through_the_annotation_loader_and_the_importers_read
         assert records == bench.splits[split]
         rows = [json.loads(line) for line in open(paths[split])]
         assert isinstance(rows[0]["query_id"], int) and rows[0]["relevance"] in (2, 4)
-    videos = list(read_hdf5(paths["features"], read_manifest(paths["manifest"]), clip_length_s=1.0))
+    source = open_source(paths["features"])  # `spr import`'s reader, at 1 row per second
+    try:
+        videos = list(read_videos(source, read_manifest(paths["manifest"]), rate=1.0))
+    finally:
+        source.close()
     assert all(isinstance(v, ImportedVideo) for v in videos), [v for v in videos if not isinstance(v, ImportedVideo)]
     assert {v.key for v in videos} == set(bench.videos)
     first = videos[0]

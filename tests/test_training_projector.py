@@ -22,20 +22,19 @@ import torch
 
 from spr.config import TrainConfig, load_config
 from spr.features import FrameFeatures
-from spr.metrics import evaluate_rankings
+from spr.segments import segment_bounds, segment_rows
+from spr.metrics import PredictedMoment, evaluate_rankings
 from spr.models.projector import load_projectors, untrained_projectors
 from spr.data.tvr_ranking import (
     AnnotationError,
     QueryRecord,
     TrainingMoment,
-    ground_truth_of,
     load_query_features,
     load_query_records,
     write_query_features,
 )
 from spr.train.projector import (
     ProjectorTrainingOptions,
-    coarse_rankings,
     encode_query_texts,
     mil_nce_loss,
     positive_segments,
@@ -392,6 +391,49 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, save_every
         train_projectors(records[:-2], frames, text, tmp_path / "x.pt", options, resume=tmp_path / "full.pt")
 
 
+def ground_truth_of(records):
+    """``{query_id: moments}``: the shape :func:`spr.metrics.evaluate_rankings` takes."""
+    return {r.query_id: list(r.moments) for r in records}
+
+
+def coarse_rankings(projectors, videos, query_features, segment_length_s=4.0, top_k=200, durations=None, max_proposals=100):
+    """SPR's coarse path in memory: every video's segments embedded with ``projectors`` (pooled
+    as ingest pools them), exact inner-product top-``top_k`` per query, adjacent segments
+    merged into proposals, ranked: ``{query_id: [PredictedMoment]}``."""
+    from spr.proposals import RetrievedSegment, propose_moments
+
+    names = sorted(videos)
+    embeddings, owners, bounds_of = [], [], {}
+    for v, name in enumerate(names):
+        feats = videos[name]
+        duration = float(durations[name]) if durations and name in durations else feats.duration_s
+        rows = segment_rows(len(feats.features), feats.rate, duration, segment_length_s)
+        embeddings.append(projectors.embed_segments(feats.features, rows))
+        owners.append(np.full(len(rows), v, dtype=np.int64))
+        bounds_of[name] = (segment_bounds(duration, segment_length_s), duration)
+    matrix = np.concatenate(embeddings).astype(np.float32)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    owner = np.concatenate(owners)
+    ordinal = np.concatenate([np.arange(len(e), dtype=np.int64) for e in embeddings])
+    qids = list(query_features)
+    queries = projectors.project_texts(np.stack([np.asarray(query_features[q], dtype=np.float32) for q in qids]))
+    scores = queries @ matrix.T
+    k = min(top_k, matrix.shape[0])
+    out = {}
+    for i, qid in enumerate(qids):
+        top = np.argpartition(-scores[i], k - 1)[:k]
+        top = top[np.argsort(-scores[i, top], kind="stable")]
+        hits = []
+        for rank, j in enumerate(top.tolist()):
+            name = names[owner[j]]
+            bounds, duration = bounds_of[name]
+            o = int(ordinal[j])
+            hits.append(RetrievedSegment(j, name, o, float(bounds.start_s[o]), float(bounds.end_s[o]), duration, float(scores[i, j]), rank))
+        proposals = propose_moments(hits, max_proposals=max_proposals)
+        out[qid] = [PredictedMoment(p.video_key, p.start_s, p.end_s, p.best_score) for p in proposals]
+    return out
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The synthetic benchmark (spr-tiny text features), the untrained baseline's and the
@@ -438,9 +480,8 @@ def test_the_checkpoint_loads_with_load_projectors(trained):
     assert meta["clip_model"] == "spr-tiny" and meta["step"] == summary.steps and meta["epoch"] == 8
     assert meta["segment_length_s"] == 4.0 and meta["frame_rate"] == 1.0
     video = bench.videos[sorted(bench.videos)[0]]
-    np.testing.assert_allclose(
-        loaded.embed_segments(video.features, 1.0, 4.0), projectors.embed_segments(video.features, 1.0, 4.0), atol=1e-5
-    )
+    rows = segment_rows(len(video.features), 1.0, video.duration_s, 4.0)
+    np.testing.assert_allclose(loaded.embed_segments(video.features, rows), projectors.embed_segments(video.features, rows), atol=1e-5)
     assert os.path.isfile(summary.state_path)
 
 

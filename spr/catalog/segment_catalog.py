@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .. import ids as spr_ids
+from .. import limits as spr_limits
 from .bulk import BulkMethod, bulk_insert_method, insert_segment_rows
 from .engine import check_connection, create_catalog_engine, masked_url
 from .errors import CatalogError, RunNotFound, VideoNotFound
@@ -39,7 +40,7 @@ SUPPORTED_DIALECTS = ("postgresql", "sqlite")
 RUN_COUNTERS = ("videos_total", "videos_done", "videos_failed", "segments_written")
 # SQLite caps bound parameters per statement (32766); larger id lists go in chunks.
 _SQLITE_IN_CHUNK = 10_000
-_VIDEO_KEY_MAX = 512
+_VIDEO_KEY_MAX = spr_limits.MAX_VIDEO_KEY_LENGTH
 
 
 class SegmentCatalog:

@@ -1,5 +1,5 @@
 """``spr import``: publish precomputed features (TVR HDF5, moment_detr .npy/.npz) or
-ready-made segment embeddings. The work is in :mod:`ingest.importer`, imported on use so that
+ready-made segment embeddings. The work is in :mod:`spr.ingest.importer`, imported on use so that
 building the parser loads neither torch nor h5py."""
 
 from __future__ import annotations

@@ -30,7 +30,8 @@ def add_commands(sub: Any) -> None:
         help="fill a NEW collection from the stored frame features with the configured projector (no decoding)",
         description="Embed every ready video's stored per-second features with projector.checkpoint into a new "
         "collection, under the same segment ids. The catalog and the current collection are untouched, so "
-        "searches go on; switch vectors.collection to the new one when it is complete.",
+        "searches go on; if it crashes or fails, run it again (same ids, no duplicates). Switch "
+        "vectors.collection to the new one when it is complete.",
     )
     p.add_argument("--collection", required=True, help="the new collection")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

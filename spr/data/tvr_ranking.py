@@ -30,12 +30,12 @@ from typing import Any
 import numpy as np
 
 from spr.metrics import GroundTruthMoment
+from spr.rowfiles import RowFileError, read_json_rows
 
 __all__ = [
     "AnnotationError",
     "QueryRecord",
     "TrainingMoment",
-    "ground_truth_of",
     "load_query_features",
     "load_query_records",
     "read_annotation_rows",
@@ -75,111 +75,16 @@ class QueryRecord:
         return list(dict.fromkeys(m.video_name for m in self.moments))
 
 
-def ground_truth_of(records: Sequence[QueryRecord]) -> dict[str, list[GroundTruthMoment]]:
-    """``{query_id: moments}``: the shape :func:`spr.metrics.evaluate_rankings` takes."""
-    return {r.query_id: list(r.moments) for r in records}
-
-
 # --- reading ----------------------------------------------------------------------------------
 
 
 def read_annotation_rows(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """``(line, record)`` for every record of a JSONL, JSON-array or JSON-object file."""
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise AnnotationError(f"annotation file {file} does not exist")
+    """``(line, record)`` for every record of a JSONL, JSON-array or JSON-object file (the
+    row-file reader of :mod:`spr.rowfiles`; its errors come as :class:`AnnotationError`)."""
     try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AnnotationError(f"cannot read annotation file {file}: {exc}") from None
-    head = text.lstrip()
-    if head.startswith("["):
-        yield from _json_array_items(file, text, text.index("["))
-        return
-    if head.startswith("{") and _is_records_object(text):
-        yield from _json_object_items(file, text)
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise AnnotationError(f"{file}:{number}: not valid JSON ({exc.msg}); expected one JSON object per line") from None
-        if not isinstance(row, dict):
-            raise AnnotationError(f"{file}:{number}: expected a JSON object, got {type(row).__name__}")
-        yield number, row
-
-
-def _is_records_object(text: str) -> bool:
-    """True for one JSON object wrapping the records (``{"data": [...]}``); False for JSONL
-    (several objects: not one JSON document) and for a one-line JSONL file of one record."""
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(whole, dict) and "query_id" not in whole and any(isinstance(v, list) for v in whole.values())
-
-
-_DECODER = json.JSONDecoder()
-_WS = " \t\r\n"
-
-
-def _skip(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in _WS:
-        pos += 1
-    return pos
-
-
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
-
-
-def _json_array_items(file: Path, text: str, pos: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The objects of the JSON array starting at ``text[pos] == '['``, with their line numbers."""
-    pos = _skip(text, pos + 1)
-    if pos < len(text) and text[pos] == "]":
-        return
-    while True:
-        try:
-            item, end = _DECODER.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise AnnotationError(f"{file}:{_line_of(text, exc.pos)}: not valid JSON ({exc.msg})") from None
-        if not isinstance(item, dict):
-            raise AnnotationError(f"{file}:{_line_of(text, pos)}: expected a JSON object per record, got {type(item).__name__}")
-        yield _line_of(text, pos), item
-        pos = _skip(text, end)
-        if pos < len(text) and text[pos] == ",":
-            pos = _skip(text, pos + 1)
-            continue
-        if pos < len(text) and text[pos] == "]":
-            return
-        raise AnnotationError(f"{file}:{_line_of(text, pos)}: not valid JSON (expected ',' or ']' after a record)")
-
-
-def _json_object_items(file: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """The records of ``{"<name>": [ {...}, ... ]}``: the object's one array of objects."""
-    try:
-        whole = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    arrays = [k for k, v in whole.items() if isinstance(v, list) and all(isinstance(x, dict) for x in v)]
-    if len(arrays) != 1:
-        raise AnnotationError(
-            f"{file}: a JSON object must hold exactly one array of records; "
-            f"it holds {len(arrays)} ({', '.join(map(repr, arrays)) or 'none'}). Use JSONL or a JSON array"
-        )
-    # Find where that key's array starts, to report line numbers in the file.
-    pos = _skip(text, text.index("{") + 1)
-    while pos < len(text):
-        key, end = _DECODER.raw_decode(text, pos)
-        pos = _skip(text, end)
-        pos = _skip(text, pos + 1)  # the ':'
-        if key == arrays[0]:
-            yield from _json_array_items(file, text, pos)
-            return
-        _, end = _DECODER.raw_decode(text, pos)
-        pos = _skip(text, _skip(text, end) + 1)  # past the ','
+        yield from read_json_rows(path, "annotation file", record_keys=("query_id",))
+    except RowFileError as exc:
+        raise AnnotationError(str(exc)) from None
 
 
 def load_query_records(

@@ -8,15 +8,16 @@
 Without a trained checkpoint, :class:`MeanPoolProjector` averages the CLIP frame features
 (the paper's CLIP_mp baseline) and queries pass through unchanged; :func:`load_projectors`
 logs that fallback. Checkpoints are what ``spr train projector`` writes: one ``torch.save``
-dict holding both projectors, their shapes and the CLIP model they were trained on.
+dict holding both projectors, their shapes and the CLIP model they were trained on
+(:mod:`spr.models.checkpoints`, format ``spr-projectors/1``). Shapes can be named configs
+(:mod:`spr.models.registry`: ``projector-vit-l-14``, ``projector-spr-tiny``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,23 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from spr.segments import SegmentRows
+
+from .checkpoints import PROJECTOR_CHECKPOINT, read_checkpoint, save_checkpoint
+from .registry import ProjectorShape, resolve_shape
+
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "spr-projectors/1"
-
-
-@dataclass(frozen=True)
-class ProjectorShape:
-    """Sizes of a projector pair. ``in_dim``/``text_in_dim``: CLIP image/text feature sizes;
-    ``max_frames``: longest segment in frames (positional table size)."""
-
-    in_dim: int
-    text_in_dim: int
-    dim: int = 768
-    layers: int = 6
-    heads: int = 8
-    max_frames: int = 32
-    dropout: float = 0.1
+CHECKPOINT_FORMAT = PROJECTOR_CHECKPOINT.format  # "spr-projectors/1"
 
 
 class VisualProjector(nn.Module):
@@ -144,30 +136,33 @@ class Projectors:
             x = torch.as_tensor(np.asarray(text_features, dtype=np.float32), device=device)
             return self.text(x).float().cpu().numpy()
 
-    def embed_segments(
-        self, frame_features: np.ndarray, rate: float, segment_length_s: float, batch_size: int = 256
-    ) -> np.ndarray:
-        """One video's per-second features ``(T, D)`` at ``rate`` features/s -> its
-        fixed-length segments' embeddings ``(ceil(T / (rate * length)), dim)`` float32.
+    def embed_segments(self, features: np.ndarray, rows: SegmentRows, batch_size: int = 256) -> np.ndarray:
+        """One video's feature rows ``(T, D)`` -> its segments' embeddings ``(len(rows), dim)``
+        float32, segment ``i`` pooling rows ``[rows.starts[i], rows.stops[i])``.
 
-        Segment ``i`` holds rows ``[i * f, (i + 1) * f)`` with ``f = rate * segment_length_s``
-        rounded up (the last segment may hold fewer)."""
-        feats = np.asarray(frame_features, dtype=np.float32)
-        per_segment = max(1, math.ceil(rate * segment_length_s - 1e-9))
-        n = math.ceil(len(feats) / per_segment)
-        padded = np.zeros((n * per_segment, feats.shape[1]), dtype=np.float32)
-        padded[: len(feats)] = feats
-        mask = np.zeros(n * per_segment, dtype=bool)
-        mask[: len(feats)] = True
+        ``rows`` is :func:`spr.segments.segment_rows` of the video (its rate, duration and
+        segment length), the one pooling rule of ingest, import, re-embedding and training.
+        Shorter segments are padded and masked, so each embeds as it would alone."""
+        feats = np.asarray(features, dtype=np.float32)
+        starts = np.asarray(rows.starts, dtype=np.int64)
+        stops = np.asarray(rows.stops, dtype=np.int64)
+        n = len(starts)
+        if n == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        if feats.ndim != 2 or not (0 <= starts.min() and stops.max() <= len(feats) and (stops > starts).all()):
+            raise ValueError(f"segment rows [{starts.min()}, {stops.max()}) do not fit features of shape {feats.shape}")
+        offsets = np.arange(int((stops - starts).max()), dtype=np.int64)
         device = _device_of(self.visual)
         outs = []
         with torch.inference_mode():
             for lo in range(0, n, batch_size):
-                hi = min(n, lo + batch_size)
-                x = torch.from_numpy(padded[lo * per_segment : hi * per_segment]).view(hi - lo, per_segment, -1)
-                m = torch.from_numpy(mask[lo * per_segment : hi * per_segment]).view(hi - lo, per_segment)
-                outs.append(self.visual(x.to(device), m.to(device)).float().cpu().numpy())
-        return np.concatenate(outs) if outs else np.empty((0, self.dim), dtype=np.float32)
+                first, last = starts[lo : lo + batch_size, None], stops[lo : lo + batch_size, None]
+                index = first + offsets  # (b, widest)
+                mask = index < last
+                frames = feats[np.where(mask, index, 0)] * mask[..., None]  # padding zeroed
+                x, m = torch.from_numpy(frames).to(device), torch.from_numpy(mask).to(device)
+                outs.append(self.visual(x, m).float().cpu().numpy())
+        return np.concatenate(outs)
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -179,8 +174,10 @@ def untrained_projectors(in_dim: int) -> Projectors:
     return Projectors(MeanPoolProjector(in_dim), TextProjector(None), None, "", {})
 
 
-def build_projectors(shape: ProjectorShape) -> Projectors:
-    """Freshly initialised trainable projectors of ``shape``."""
+def build_projectors(shape: ProjectorShape | str) -> Projectors:
+    """Freshly initialised trainable projectors of ``shape``: a :class:`ProjectorShape` or the
+    name of a projector config (``projector-vit-l-14``; :func:`spr.models.registry.list_model_configs`)."""
+    shape = resolve_shape(shape, "projector")
     return Projectors(VisualProjector(shape), TextProjector(shape), shape, "", {})
 
 
@@ -188,16 +185,8 @@ def save_projectors(path: str | os.PathLike[str], projectors: Projectors, **meta
     """Write both projectors and ``meta`` (clip model, step, ...) to ``path`` atomically."""
     if projectors.shape is None:
         raise ValueError("the mean-pool fallback has nothing to save")
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "shape": asdict(projectors.shape),
-        "visual": projectors.visual.state_dict(),
-        "text": projectors.text.state_dict(),
-        "meta": {**projectors.meta, **meta},
-    }
-    tmp = f"{os.fspath(path)}.tmp"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    states = {"visual": projectors.visual.state_dict(), "text": projectors.text.state_dict()}
+    save_checkpoint(path, PROJECTOR_CHECKPOINT, projectors.shape, states, {**projectors.meta, **meta})
 
 
 def load_projectors(checkpoint: str, in_dim: int, device: str = "cpu", clip_model: str | None = None) -> Projectors:
@@ -212,25 +201,9 @@ def load_projectors(checkpoint: str, in_dim: int, device: str = "cpu", clip_mode
             extra={"in_dim": in_dim},
         )
         return untrained_projectors(in_dim).to(device).eval()
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"projector checkpoint {checkpoint} does not exist; train one with `spr train projector`")
-    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{checkpoint} is not an SPR projector checkpoint (format {CHECKPOINT_FORMAT})")
-    shape = ProjectorShape(**payload["shape"])
-    meta = dict(payload.get("meta", {}))
-    if shape.in_dim != in_dim:
-        raise ValueError(
-            f"projector checkpoint {checkpoint} expects {shape.in_dim}-d CLIP features, the frames have {in_dim}-d; "
-            f"use the CLIP model it was trained on ({meta.get('clip_model', 'unknown')})"
-        )
-    if clip_model and meta.get("clip_model") and meta["clip_model"] != clip_model:
-        raise ValueError(
-            f"projector checkpoint {checkpoint} was trained on {meta['clip_model']} features, not {clip_model}"
-        )
-    projectors = build_projectors(shape)
-    projectors.visual.load_state_dict(payload["visual"])
-    projectors.text.load_state_dict(payload["text"])
+    saved = read_checkpoint(checkpoint, PROJECTOR_CHECKPOINT, in_dim, clip_model)
+    projectors = build_projectors(saved.shape)
+    saved.load_into({"visual": projectors.visual, "text": projectors.text})
     projectors.source = checkpoint
-    projectors.meta = meta
+    projectors.meta = saved.meta
     return projectors.to(device).eval()

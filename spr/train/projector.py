@@ -1,6 +1,6 @@
 """Training the feature projectors of SPR section 3.1.3 on frozen CLIP features.
 
-* Inputs: TVR-Ranking-format query records (:mod:`spr.training.data`), each query's CLIP text
+* Inputs: TVR-Ranking-format query records (:mod:`spr.data.tvr_ranking`), each query's CLIP text
   feature (encoded once per query with ``ClipEncoder.encode_texts``, or precomputed), and the
   per-second frame features of the videos they name: from the frame-feature store through the
   catalog (:class:`CatalogFrameSource`), a TVR-layout HDF5 file (:class:`Hdf5FrameSource`) or
@@ -13,8 +13,8 @@
   positive of query i", so a row (a query with several moments in the batch) or a column (a
   segment that is a positive of several queries) may hold several positives.
 * Loss: symmetric MIL-NCE (equation 1) on cosine similarities over a temperature.
-* Schedule: AdamW, gradient clipping, linear warm-up then cosine (:mod:`spr.training.schedule`).
-* Checkpoints: a resumable :class:`~spr.training.schedule.TrainState` after every epoch (and
+* Schedule: AdamW, gradient clipping, linear warm-up then cosine (:mod:`spr.train.schedule`).
+* Checkpoints: a resumable :class:`~spr.train.schedule.TrainState` after every epoch (and
   every ``save_every_steps``), and the final projectors with
   :func:`spr.models.projector.save_projectors`, which ingest, import and search load through
   ``projector.checkpoint``.
@@ -38,16 +38,15 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from spr.features import FrameFeatures, span_rows
-from spr.metrics import PredictedMoment
+from spr.features import FrameFeatures
+from spr.models.checkpoints import PROJECTOR_CHECKPOINT, is_checkpoint
 from spr.models.projector import (
-    CHECKPOINT_FORMAT,
     ProjectorShape,
     Projectors,
     build_projectors,
     save_projectors,
 )
-from spr.segments import segment_bounds
+from spr.segments import SegmentRows, segment_bounds, segment_rows
 
 from spr.data.tvr_ranking import QueryRecord
 from .schedule import TrainState, build_optimizer, load_train_state, save_train_state, seed_everything, warmup_cosine
@@ -61,7 +60,6 @@ __all__ = [
     "ProjectorTrainingData",
     "ProjectorTrainingOptions",
     "ProjectorTrainingSummary",
-    "coarse_rankings",
     "encode_query_texts",
     "mil_nce_loss",
     "positive_segments",
@@ -340,7 +338,7 @@ def prepare_training_data(
     # Pass 2: one read per video; each moment's positive segments (deduplicated across moments).
     chosen: dict[int, list[int]] = {}
     segment_index: dict[tuple[str, int], int] = {}
-    segment_rows: list[np.ndarray] = []
+    pooled_rows: list[np.ndarray] = []  # each distinct positive segment's feature rows
     rates: Counter = Counter()
     in_dim = None
     for video, ks in by_video.items():
@@ -357,6 +355,7 @@ def prepare_training_data(
             raise ValueError(f"video {video!r} has {feats.features.shape[1]}-d features, others {in_dim}-d")
         total = len(feats.features)
         covered_s = feats.first_s + total / feats.rate
+        plans: dict[float, SegmentRows] = {}  # by duration: records of one video may disagree
         for k in ks:
             r, m = moments[k]
             moment = records[r].moments[m]
@@ -368,10 +367,15 @@ def prepare_training_data(
                     continue  # the features end before this segment starts
                 index = segment_index.get((video, o))
                 if index is None:
-                    end = min(start + segment_length_s, duration)
-                    lo, hi = span_rows(start - feats.first_s, end - feats.first_s, feats.rate, total)
-                    index = segment_index[(video, o)] = len(segment_rows)
-                    segment_rows.append(np.array(feats.features[lo:hi], dtype=np.float16))
+                    # The rows ingest and search pool for this segment (spr.segments.segment_rows).
+                    plan = plans.get(duration)
+                    if plan is None:
+                        plan = plans[duration] = segment_rows(
+                            total, feats.rate, duration, segment_length_s, first_s=feats.first_s
+                        )
+                    lo, hi = int(plan.starts[o]), int(plan.stops[o])
+                    index = segment_index[(video, o)] = len(pooled_rows)
+                    pooled_rows.append(np.array(feats.features[lo:hi], dtype=np.float16))
                 picked.append(index)
             if picked:
                 chosen[k] = picked
@@ -408,13 +412,13 @@ def prepare_training_data(
     dims = {t.shape[0] for t in text_rows}
     if len(dims) != 1:
         raise ValueError(f"the {what} queries' text features differ in size: {sorted(dims)}")
-    width = max(len(rows) for rows in segment_rows)
-    frames_arr = np.zeros((len(segment_rows), width, in_dim), dtype=np.float16)
-    mask = np.zeros((len(segment_rows), width), dtype=bool)
-    for i, rows in enumerate(segment_rows):
+    width = max(len(rows) for rows in pooled_rows)
+    frames_arr = np.zeros((len(pooled_rows), width, in_dim), dtype=np.float16)
+    mask = np.zeros((len(pooled_rows), width), dtype=bool)
+    for i, rows in enumerate(pooled_rows):
         frames_arr[i, : len(rows)] = rows
         mask[i, : len(rows)] = True
-    n_seg = len(segment_rows)
+    n_seg = len(pooled_rows)
     keys = np.unique(np.fromiter((q * n_seg + s for q, s in positive_pairs), dtype=np.int64, count=len(positive_pairs)))
     starts = np.zeros(len(entry_segments) + 1, dtype=np.int64)
     starts[1:] = np.cumsum([len(c) for c in entry_segments])
@@ -564,11 +568,7 @@ def read_resume_state(path: str) -> TrainState:
 
 
 def _is_projector_checkpoint(path: str) -> bool:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return False
-    return isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT
+    return is_checkpoint(path, PROJECTOR_CHECKPOINT)
 
 
 def train_projectors(
@@ -761,55 +761,3 @@ def _check_resume(state: TrainState, options: ProjectorTrainingOptions, shape: P
         )
     if state.extra.get("shape") not in (None, dataclasses.asdict(shape)):
         raise ValueError(f"cannot resume from {path}: its projector shape {state.extra.get('shape')} differs from {dataclasses.asdict(shape)}")
-
-
-# --- coarse retrieval (SP) --------------------------------------------------------------------
-
-
-def coarse_rankings(
-    projectors: Projectors,
-    videos: Mapping[str, FrameFeatures],
-    query_features: Mapping[str, np.ndarray],
-    segment_length_s: float = 4.0,
-    top_k: int = 200,
-    durations: Mapping[str, float] | None = None,
-    max_proposals: int | None = 100,
-) -> dict[str, list[PredictedMoment]]:
-    """SPR's coarse path in memory: every video's segments embedded with ``projectors``, exact
-    inner-product top-``top_k`` per query, adjacent segments merged into proposals
-    (:func:`spr.proposals.propose_moments`), ranked. Returns ``{query_id: moments}`` for
-    :func:`spr.metrics.evaluate_rankings`. For benchmarks small enough to hold in memory."""
-    from spr.proposals import RetrievedSegment, propose_moments
-
-    names = sorted(videos)
-    embeddings, owners, ordinals, bounds_of = [], [], [], {}
-    for v, name in enumerate(names):
-        feats = videos[name]
-        duration = float(durations[name]) if durations and name in durations else feats.duration_s
-        emb = projectors.embed_segments(feats.features, feats.rate, segment_length_s)
-        bounds = segment_bounds(duration, segment_length_s)
-        n = min(len(emb), len(bounds))
-        embeddings.append(emb[:n])
-        owners.append(np.full(n, v, dtype=np.int64))
-        ordinals.append(np.arange(n, dtype=np.int64))
-        bounds_of[name] = (bounds, duration)
-    matrix = np.concatenate(embeddings).astype(np.float32)
-    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    owner, ordinal = np.concatenate(owners), np.concatenate(ordinals)
-    qids = list(query_features)
-    queries = projectors.project_texts(np.stack([np.asarray(query_features[q], dtype=np.float32) for q in qids]))
-    scores = queries @ matrix.T
-    k = min(top_k, matrix.shape[0])
-    out: dict[str, list[PredictedMoment]] = {}
-    for i, qid in enumerate(qids):
-        top = np.argpartition(-scores[i], k - 1)[:k]
-        top = top[np.argsort(-scores[i, top], kind="stable")]
-        hits = []
-        for rank, j in enumerate(top.tolist()):
-            name = names[owner[j]]
-            bounds, duration = bounds_of[name]
-            o = int(ordinal[j])
-            hits.append(RetrievedSegment(j, name, o, float(bounds.start_s[o]), float(bounds.end_s[o]), duration, float(scores[i, j]), rank))
-        proposals = propose_moments(hits, max_proposals=max_proposals)
-        out[qid] = [PredictedMoment(p.video_key, p.start_s, p.end_s, p.best_score) for p in proposals]
-    return out
