@@ -8,7 +8,7 @@ them over), so this is the encoder's ceiling: preprocessing (normalise, host->de
 Runs on CUDA when present (``--device``), else CPU.
 
 ``--videos N`` adds the ingest mapper end to end in this process: synthetic videos (``--video-seconds``
-each, 25 fps, 640x360) decoded at 1 fps by PyAV and encoded by :class:`ingest.encoder.VideoEncoder`
+each, 25 fps, 640x360) decoded at 1 fps by PyAV and encoded by :class:`spr.ingest.encoder.VideoEncoder`
 (CLIP + projector fallback), without Ray or the stores; ``--workers`` decode threads overlap
 decoding with the model, as the encoder actor's threads do.
 """
@@ -50,10 +50,11 @@ def videos_per_s(model: str, precision: str, device: str, videos: int, seconds: 
 
     from spr.ingest.encoder import EncodedVideo, EncoderSettings, VideoEncoder
     from spr.ingest.sources import sources_from_paths
-    from spr.ingest.synthetic_video import write_video
+
+    from _common import write_videos
 
     with tempfile.TemporaryDirectory(prefix="spr-bench-clip-") as folder:
-        paths = [write_video(Path(folder) / f"v{i}.mp4", seconds, fps=25, size=(640, 360), seed=i, preset="ultrafast") for i in range(videos)]
+        paths = write_videos(Path(folder), videos, seconds, 25, (640, 360), name="v{i}.mp4")
         settings = EncoderSettings(model, "", device, precision, 256, "", 4.0, 1.0)
         encoder = VideoEncoder(settings)
         sources = sources_from_paths(paths)
@@ -66,7 +67,7 @@ def videos_per_s(model: str, precision: str, device: str, videos: int, seconds: 
         if len(done) != len(results):
             raise RuntimeError(f"some videos failed: {[r for r in results if not isinstance(r, EncodedVideo)][:2]}")
         total_s = sum(r.duration_s for r in done)
-        frames = sum(len(r.frame_features) for r in done)
+        frames = sum(len(r.features) for r in done)
         return total_s / wall, frames / wall
 
 

@@ -27,17 +27,9 @@ from spr.ingest.decode import probe_video, sample_frames
 from spr.ingest.pipeline import run_ingest
 from spr.ingest.progress import IngestProgress
 from spr.ingest.sources import sources_from_paths
-from spr.ingest.synthetic_video import write_video
 from spr.config import load_config
 
-
-def make_videos(folder: Path, videos: int, seconds: float, fps: float, size: tuple[int, int]) -> list[Path]:
-    paths = []
-    for i in range(videos):
-        path = folder / f"bench-{i:03d}.mp4"
-        write_video(path, seconds, fps=fps, size=size, seed=i, preset="ultrafast")
-        paths.append(path)
-    return paths
+from _common import write_videos
 
 
 def bench_decode(paths: list[Path], image_size: int) -> tuple[float, float, float]:
@@ -95,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="spr-bench-videos-") as folder:
         t = time.perf_counter()
-        paths = make_videos(Path(folder), args.videos, args.seconds, args.fps, tuple(args.size))
+        paths = write_videos(Path(folder), args.videos, args.seconds, args.fps, tuple(args.size), name="bench-{i:03d}.mp4")
         print(f"generated {len(paths)} videos x {args.seconds:.0f} s at {args.fps:g} fps {args.size[0]}x{args.size[1]} "
               f"in {time.perf_counter() - t:.1f} s; {os.cpu_count()} CPUs", flush=True)
         rows = []

@@ -4,9 +4,9 @@ against the number of concurrent queries that the dynamic batcher merges into on
     python bench/bench_refiner.py --device cpu --precision fp32 bf16
     python bench/bench_refiner.py --device cuda --precision fp32 fp16 bf16
 
-The model is the serving one (:func:`refiner.model.load_refiner` with no checkpoint: random
+The model is the serving one (:func:`spr.models.refiner.load_refiner` with no checkpoint: random
 weights, 768-d frames and queries, 2 Transformer layers) behind the serving
-:class:`refiner.batching.DynamicBatcher`; nothing goes through gRPC or the feature store, so
+:class:`spr.refine.batching.DynamicBatcher`; nothing goes through gRPC or the feature store, so
 this measures the model and the batcher only. Each proposal has 16-60 frames (uniform; a top-200
 query's proposals are 1-11 four-second segments padded by 8 s on each side) of float16 features,
 as the feature store returns them.
@@ -17,8 +17,8 @@ as the feature store returns them.
    on a GPU): per-query latency (submit to result), queries/s, and the mean ``batch_queries``
    the batcher formed.
 
-Model and queue times come from each query's :class:`refiner.batching.RefineOutcome`. Only
-torch, numpy and ``refiner.batching`` / ``refiner.model`` are imported, so it runs on a GPU
+Model and queue times come from each query's :class:`spr.refine.batching.ScoredSpans`. Only
+torch, numpy and ``spr.refine.batching`` / ``spr.models.refiner`` are imported, so it runs on a GPU
 box that has nothing else installed. Prints one line per measurement and two Markdown tables;
 ``load`` is the 1-minute load average (this process included), ``others`` the cores that other
 processes kept busy meanwhile.
@@ -37,12 +37,14 @@ import numpy as np
 import torch
 
 try:
-    from spr.refine.batching import DynamicBatcher, RefineOutcome, RefineWork
+    from spr.refine.batching import DynamicBatcher, RefineWork, ScoredSpans
     from spr.models.refiner import load_refiner
 except ImportError:  # a bare checkout (no `pip install -e .`): import from the repository root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from spr.refine.batching import DynamicBatcher, RefineOutcome, RefineWork
+    from spr.refine.batching import DynamicBatcher, RefineWork, ScoredSpans
     from spr.models.refiner import load_refiner
+
+from _common import OthersCpu, pct  # standard library and numpy only
 
 
 def make_queries(n: int, proposals: int, frames: tuple[int, int], dim: int, seed: int) -> list[RefineWork]:
@@ -55,32 +57,6 @@ def make_queries(n: int, proposals: int, frames: tuple[int, int], dim: int, seed
         feats = [rng.standard_normal((int(t), dim), dtype=np.float32).astype(np.float16) for t in lengths]
         works.append(RefineWork(rng.standard_normal(dim, dtype=np.float32), feats, query_projected=False))
     return works
-
-
-class OthersCpu:
-    """Cores kept busy by processes other than this one since construction (``/proc``; NaN
-    elsewhere): the load a figure was measured beside."""
-
-    def __init__(self) -> None:
-        self._start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float]:
-        try:
-            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-            busy = (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")  # all but idle, iowait
-        except (OSError, ValueError):
-            busy = float("nan")
-        t = os.times()
-        return time.perf_counter(), busy, t.user + t.system
-
-    def cores(self) -> float:
-        (t0, busy0, ours0), (t1, busy1, ours1) = self._start, self._sample()
-        return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / max(t1 - t0, 1e-9)
-
-
-def pct(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
 
 def sweep_proposals(
@@ -96,7 +72,7 @@ def sweep_proposals(
             others = OthersCpu()
             for i, work in enumerate(works):
                 t = time.perf_counter()
-                outcome: RefineOutcome = batcher.refine(work)
+                outcome: ScoredSpans = batcher.refine(work)
                 elapsed = (time.perf_counter() - t) * 1e3
                 if i >= warmup:
                     lat.append(elapsed)
@@ -148,7 +124,7 @@ def sweep_concurrency(
             total = max(rounds * c, min_queries)
             works = make_queries(total, proposals, frames, dim, seed=100 + c)
             shares = [works[i::c] for i in range(c)]
-            results: list[list[tuple[float, RefineOutcome]]] = [[] for _ in range(c)]
+            results: list[list[tuple[float, ScoredSpans]]] = [[] for _ in range(c)]
             start = threading.Barrier(c + 1)
 
             def client(i: int) -> None:

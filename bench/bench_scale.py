@@ -52,13 +52,11 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import scene_lengths, text_queries, write_videos
+
 DIM = 64  # spr-tiny's CLIP feature size
 SEGMENT_S = 4.0
 COLLECTION = "scale"
-WORDS = (
-    "a man woman child dog cat opens closes door car kitchen street walks runs sits table phone "
-    "laughs talks red blue window rain night crowd ball kicks throws reads book screen looks"
-).split()
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
 
 
@@ -76,9 +74,7 @@ class CorpusSpec:
     def features(self, v: int) -> np.ndarray:
         """``(segments * 4, dim)`` float32 unit per-second features of video ``v``."""
         rng = np.random.default_rng((self.seed, v))
-        lengths: list[int] = []
-        while sum(lengths) < self.segments:
-            lengths.append(min(self.segments - sum(lengths), 1 + int(rng.geometric(1.0 / self.mean_scene))))
+        lengths = scene_lengths(rng, self.segments, self.mean_scene)
         scenes = rng.standard_normal((len(lengths), self.dim), dtype=np.float32)
         seconds = np.repeat(scenes, np.array(lengths) * int(SEGMENT_S), axis=0)
         x = seconds + 0.7 * rng.standard_normal(seconds.shape, dtype=np.float32)
@@ -99,7 +95,7 @@ def build_corpus(root: Path, spec: CorpusSpec, batch_videos: int = 16) -> float:
         shutil.rmtree(root)
     root.mkdir(parents=True)
     from spr.catalog import SegmentCatalog
-    from spr.features import FrameFeatureStore
+    from spr.features import VISUAL, FrameFeatureStore, TimedFeatures
     from spr.publish import VideoPayload, publish_videos
     from spr.stores import Flat, index_spec_to_dict, open_vector_store
 
@@ -123,8 +119,7 @@ def build_corpus(root: Path, spec: CorpusSpec, batch_videos: int = 16) -> float:
                         uri=f"file:///archive/{v:05d}.mp4",
                         duration_s=spec.segments * SEGMENT_S,
                         embeddings=segment_embeddings(feats),
-                        frame_features=feats,
-                        feature_rate=1.0,
+                        features={VISUAL: TimedFeatures(feats, 1.0)},
                     )
                 )
             publish_videos(catalog, store, COLLECTION, payloads, SEGMENT_S, features, "spr-tiny/random + mean-pool")
@@ -179,15 +174,11 @@ def bench_ingest(
     from spr.ingest.pipeline import run_ingest
     from spr.ingest.progress import IngestProgress
     from spr.ingest.sources import sources_from_paths
-    from spr.ingest.synthetic_video import write_video
     from spr.config import load_config
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="spr-scale-videos-") as folder:
-        paths = [
-            write_video(Path(folder) / f"v{i:02d}.mp4", seconds, fps=fps, size=size, seed=i, preset="ultrafast")
-            for i in range(videos)
-        ]
+        paths = write_videos(Path(folder), videos, seconds, fps, size, name="v{i:02d}.mp4")
         for actors in actor_counts:
             with tempfile.TemporaryDirectory(prefix="spr-scale-ingest-") as data:
                 config = load_config(
@@ -285,11 +276,6 @@ def start_replicas(env: dict[str, str], count: int, topology: str) -> list[Repli
     for r in rest:
         r.wait_ready()
     return [first, *rest]
-
-
-def text_queries(count: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, int(rng.integers(4, 10)))) for _ in range(count)]
 
 
 @dataclass

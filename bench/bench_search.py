@@ -7,9 +7,9 @@ without refinement.
     python bench/bench_search.py --sizes 1000000 --backends faiss --indexes IVF_FLAT IVF_PQ FLAT
 
 **Server.** One child process runs the refiner and the search service the way ``spr serve``
-does (both in one process, :func:`refiner.service.serve_refiner` then
-:func:`services.search.serve_search`, default worker counts, Faiss on 1 OpenMP thread, refiner
-deadline ``refiner.timeout_ms``); the clients (:class:`services.client.SearchClient`, one channel
+does (both in one process, :func:`spr.refine.service.serve_refiner` then
+:func:`spr.search.service.serve_search`, default worker counts, Faiss on 1 OpenMP thread, refiner
+deadline ``refiner.timeout_ms``); the clients (:class:`spr.search.client.SearchClient`, one channel
 per client thread) run in this process. Everything has random weights: CLIP is ``spr-tiny``
 (64-d, so ``embed`` is a small text tower, far cheaper than ViT-L-14's; ``--clip-model
 ViT-L-14`` measures that one), the text projector a random CLIP -> 768 linear layer, the refiner
@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from _common import OthersCpu, index_spec, load_collection, open_store, pct, scene_lengths, text_queries
 
 DIM = 768
 SEGMENT_S = 4.0
@@ -102,9 +104,7 @@ class CorpusSpec:
         """Scenes of video ``v``: lengths ``(S,)``, topics ``(S,)``, offsets ``(S, dim)``."""
         count = self.video_sizes()[v]
         rng = np.random.default_rng((self.seed, 1, v))
-        lengths = []
-        while sum(lengths) < count:
-            lengths.append(min(count - sum(lengths), 1 + int(rng.geometric(1.0 / self.mean_scene))))
+        lengths = scene_lengths(rng, count, self.mean_scene)
         hot, cold = self.topic_pools()
         pool = hot if self.is_hot(v) else cold
         topics = rng.integers(pool.start, pool.stop, len(lengths))
@@ -136,17 +136,6 @@ class CorpusSpec:
             q = centres[topics[s]] + offsets[s] + rng.standard_normal(self.dim, dtype=np.float32)
             out[i] = q / np.linalg.norm(q)
         return out
-
-
-WORDS = (
-    "a man woman child dog cat opens closes door car kitchen street walks runs sits table phone "
-    "laughs talks red blue window rain night crowd ball kicks throws reads book screen looks"
-).split()
-
-
-def text_queries(count: int, seed: int = 0) -> list[str]:
-    rng = np.random.default_rng(seed)
-    return [" ".join(rng.choice(WORDS, int(rng.integers(4, 10)))) for _ in range(count)]
 
 
 class _NoVectors:
@@ -220,7 +209,7 @@ def build_corpus(root: Path, spec: CorpusSpec, batch_videos: int = 16) -> None:
     root.mkdir(parents=True)
     from spr.catalog import SegmentCatalog
     from spr.config import load_config
-    from spr.features import FrameFeatureStore
+    from spr.features import VISUAL, FrameFeatureStore, TimedFeatures
     from spr.publish import VideoPayload, publish_videos
 
     t0 = time.perf_counter()
@@ -245,8 +234,7 @@ def build_corpus(root: Path, spec: CorpusSpec, batch_videos: int = 16) -> None:
                         uri=f"file:///archive/{v:06d}.mp4",
                         duration_s=sizes[v] * SEGMENT_S,
                         embeddings=emb,
-                        frame_features=spec.features(v) if spec.is_hot(v) else None,
-                        feature_rate=1.0,
+                        features={VISUAL: TimedFeatures(spec.features(v), 1.0)} if spec.is_hot(v) else {},
                     )
                 )
             published = publish_videos(
@@ -267,12 +255,6 @@ def build_corpus(root: Path, spec: CorpusSpec, batch_videos: int = 16) -> None:
 # --- collections ---------------------------------------------------------------------------------
 
 
-def index_spec(kind: str, nlist: int, nprobe: int, m: int):
-    from spr.stores import Flat, IvfFlat, IvfPq
-
-    return {"FLAT": Flat(), "IVF_FLAT": IvfFlat(nlist=nlist, nprobe=nprobe), "IVF_PQ": IvfPq(nlist=nlist, m=m, nbits=8, nprobe=nprobe)}[kind]
-
-
 def collection_name(backend: str, n: int, kind: str) -> str:
     # Milvus collections live on one server for every size; Faiss ones under each size's root.
     return f"bench_{kind.lower()}" if backend == "faiss" else f"bench_{n}_{kind.lower()}"
@@ -285,7 +267,7 @@ def build_collection(root: Path, backend: str, name: str, spec, milvus_uri: str,
 
     marker = root / f"built-{backend}-{name}.json"
     want = {"spec": index_spec_to_dict(spec), "uri": milvus_uri if backend == "milvus" else ""}
-    store = open_store(root, backend, milvus_uri, build_threads)
+    store = open_store(backend, root / "faiss", milvus_uri, build_threads)
     try:
         if marker.is_file() and store.has_collection(name):
             done = json.loads(marker.read_text())
@@ -299,32 +281,16 @@ def build_collection(root: Path, backend: str, name: str, spec, milvus_uri: str,
         keys = [f"bench/{v:06d}" for v, size in enumerate(sizes) for _ in range(size)]
         t0 = time.perf_counter()
         store.create_collection(name, DIM, spec)
-        step = 50_000
-        for lo in range(0, len(ids), step):
-            hi = min(len(ids), lo + step)
-            store.upsert(name, ids[lo:hi], np.ascontiguousarray(vectors[lo:hi]), keys[lo:hi])
-            print(f"  {backend} {name}: {hi:,}/{len(ids):,} vectors", end="\r", flush=True)
-        if backend == "faiss":
-            if spec.kind != "FLAT":
-                store.train(name)
-            store.flush(name)
-        else:
-            store.wait_until_indexed(name, timeout_s=7200)
+
+        def progress(done: int, total: int) -> None:
+            print(f"  {backend} {name}: {done:,}/{total:,} vectors", end="\r", flush=True)
+
+        load_collection(store, name, ids, vectors, keys, timeout_s=7200, progress=progress)
         build_s = time.perf_counter() - t0
         marker.write_text(json.dumps({**want, "build_s": build_s}))
         return build_s, False
     finally:
         store.close()
-
-
-def open_store(root: Path, backend: str, milvus_uri: str, threads: int):
-    if backend == "faiss":
-        from spr.stores.faiss_store import FaissStore
-
-        return FaissStore(root / "faiss", threads=threads)
-    from spr.stores.milvus_store import MilvusStore
-
-    return MilvusStore(milvus_uri, consistency_level="Bounded", timeout_s=600)
 
 
 # --- the services (child process) ----------------------------------------------------------------
@@ -341,7 +307,7 @@ def _serve(env: dict[str, str], conn) -> None:
     config = load_config(environ=env)
     configure_logging(config.logging)
     # One warning per degraded search would flood the output; the benchmark counts them.
-    logging.getLogger("spr.search.service").setLevel(logging.ERROR)
+    logging.getLogger("spr.refine_client").setLevel(logging.ERROR)
     from spr.refine.service import serve_refiner
     from spr.search.service import serve_search
 
@@ -436,52 +402,6 @@ def run_load(target: str, requests: list[dict], clients: int) -> tuple[list[Samp
     if errors:
         print(f"  !! {len(errors)} failed calls, first: {errors[0]!r}", flush=True)
     return samples, wall
-
-
-def pct(values, q: float) -> float:
-    values = np.asarray(list(values), dtype=np.float64)
-    return float(np.percentile(values, q)) if len(values) else float("nan")
-
-
-def _ticks() -> float:
-    return float(os.sysconf("SC_CLK_TCK"))
-
-
-def machine_busy_s() -> float:
-    """CPU seconds all processes have spent so far (``/proc/stat``; NaN off Linux)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return float("nan")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _ticks()
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds of process ``pid`` and its reaped children (NaN when unreadable)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    return sum(int(x) for x in fields[11:15]) / _ticks()  # utime stime cutime cstime
-
-
-class OthersCpu:
-    """How busy processes *other* than ours (this one, the services, a Milvus we serve from)
-    kept the machine during a run, in cores: what the figures were measured beside."""
-
-    def __init__(self, pids: list[int]) -> None:
-        self.pids = [os.getpid(), *pids]
-        self._start = self._sample()
-
-    def _sample(self) -> tuple[float, float, float]:
-        return time.perf_counter(), machine_busy_s(), sum(process_cpu_s(p) for p in self.pids)
-
-    def cores(self) -> float:
-        t1, busy1, ours1 = self._sample()
-        t0, busy0, ours0 = self._start
-        return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / max(t1 - t0, 1e-9)
 
 
 def summarise(samples: list[Sample], wall: float) -> dict:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from spr.models.refiner import SPRClipRefiner, pad_features
+from spr.refinement import VISUAL
 
 if TYPE_CHECKING:
     from spr.telemetry import RefinerMetrics
@@ -40,8 +41,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "BatcherClosed",
     "DynamicBatcher",
-    "RefineOutcome",
+    "MODEL_MODALITIES",
     "RefineWork",
+    "ScoredSpans",
     "pad_features",
     "pad_features_on",
     "plan_chunks",
@@ -87,14 +89,21 @@ def pad_features_on(arrays: Sequence[np.ndarray], device: torch.device) -> tuple
     return frames, mask
 
 
+# The feature modalities SPR_CLIP reads: its frame encoder takes CLIP frame features only. A
+# speech or subtitle refiner would list its own.
+MODEL_MODALITIES = (VISUAL,)
+
+
 @dataclass
 class RefineWork:
     """One query and its proposals. ``query`` ``(D_q,)``: CLIP text feature, or the joint-space
-    embedding when ``query_projected``; ``features``: per proposal ``(T_i, in_dim)``, ``T_i >= 1``."""
+    embedding when ``query_projected``; ``features``: per proposal ``(T_i, in_dim)``, ``T_i >= 1``,
+    the per-time-step features of ``modality`` (:data:`spr.refinement.VISUAL`: CLIP frame features)."""
 
     query: np.ndarray
     features: Sequence[np.ndarray]
     query_projected: bool = False
+    modality: str = VISUAL
 
     @property
     def proposals(self) -> int:
@@ -102,8 +111,8 @@ class RefineWork:
 
 
 @dataclass
-class RefineOutcome:
-    """One work item's results, arrays ``(P_item,)`` in its proposal order: ``scores`` float32,
+class ScoredSpans:
+    """One work item's scored frame spans, arrays ``(P_item,)`` in its proposal order: ``scores`` float32,
     ``start_idx``/``end_idx`` int64 inclusive frame indices; and the batch it rode in:
     ``batch_proposals``/``batch_queries``, ``queue_ms`` (submit to batch start) and ``model_ms``
     (the batch's padding, transfer, forward and copy back)."""
@@ -136,7 +145,7 @@ _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 class DynamicBatcher:
     """Runs :class:`RefineWork` from many threads through ``model`` in shared forward passes.
 
-    ``submit`` returns a :class:`concurrent.futures.Future` of :class:`RefineOutcome`; a failed
+    ``submit`` returns a :class:`concurrent.futures.Future` of :class:`ScoredSpans`; a failed
     forward pass fails the future of every item in its batch with the same exception. One
     background thread owns the model, so the model needs no locking. ``close()`` finishes the
     work already submitted, then stops the thread.
@@ -174,7 +183,7 @@ class DynamicBatcher:
     # --- callers ---------------------------------------------------------------------------
 
     def submit(self, work: RefineWork) -> Future:
-        """Queue ``work``; the future resolves to its :class:`RefineOutcome`. Raises ValueError
+        """Queue ``work``; the future resolves to its :class:`ScoredSpans`. Raises ValueError
         for malformed work (checked here, so one bad item cannot fail a whole batch)."""
         self._check(work)
         future: Future = Future()
@@ -184,7 +193,7 @@ class DynamicBatcher:
             self._queue.put(_Pending(work, future, time.perf_counter()))
         return future
 
-    def refine(self, work: RefineWork, timeout: float | None = None) -> RefineOutcome:
+    def refine(self, work: RefineWork, timeout: float | None = None) -> ScoredSpans:
         """``submit(work).result(timeout)``."""
         return self.submit(work).result(timeout)
 
@@ -204,6 +213,10 @@ class DynamicBatcher:
         self.close()
 
     def _check(self, work: RefineWork) -> None:
+        if work.modality not in MODEL_MODALITIES:
+            raise ValueError(
+                f"the refiner ({self.model.name}) reads {', '.join(MODEL_MODALITIES)} features, not {work.modality!r}"
+            )
         shape = self.model.shape
         query = np.asarray(work.query)
         expected_q = self.model.query_dim(work.query_projected)
@@ -265,7 +278,7 @@ class DynamicBatcher:
         for p in batch:
             hi = lo + p.work.proposals
             p.future.set_result(
-                RefineOutcome(
+                ScoredSpans(
                     scores[lo:hi],
                     start_idx[lo:hi],
                     end_idx[lo:hi],

@@ -1,31 +1,23 @@
-"""The search service (``spr.v1.SearchService``): query -> top-k segments -> proposals ->
-refiner -> ranked moments (SPR sections 3.1.2, 3.2 and 3.3).
+"""The search service (``spr.v1.SearchService``): a thin gRPC adapter over the moment search
+engine, :class:`spr.engine.MomentSearch`, which runs the query path (embed, ANN, catalog,
+proposals, refine; see there), each stage timed into ``timings_ms``.
 
-One request runs these stages, each timed into ``timings_ms``:
+A ``SearchRequest`` becomes a :class:`spr.engine.MomentQuery`, the
+:class:`spr.engine.SearchResult` a ``SearchResponse``. The refiner is reached through
+:class:`spr.refine_client.GrpcRefiner` under a deadline of ``refiner.timeout_ms``; a refiner
+that is down, fails or is late never fails the search: the coarse proposals come back with
+``degraded=true`` and the reason.
 
-``embed``
-    text through the CLIP text tower and the text projector (both loaded once at start-up),
-    or a client's ready embedding checked against the collection's dimension;
-``ann``, ``catalog``, ``proposals``
-    :func:`spr.retrieval.retrieve_proposals`: ANN top-``segments_k``, one catalog round trip
-    (``ready`` videos only), adjacent segments merged and padded by tau_C;
-``refine``
-    the padded proposals sent to ``spr.v1.RefinerService/Refine`` under a deadline of
-    ``refiner.timeout_ms``. A refiner that is down, fails or is late never fails the search:
-    the coarse proposals come back with ``degraded=true`` and the reason.
-
-Bad requests are INVALID_ARGUMENT, an unknown collection NOT_FOUND; anything unexpected is
-INTERNAL with a short message (the traceback goes to the log, never to the client).
+Bad requests are INVALID_ARGUMENT, an unknown collection NOT_FOUND, a query the service cannot
+answer as set up FAILED_PRECONDITION; anything unexpected is INTERNAL with a short message (the
+traceback goes to the log, never to the client).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
 import uuid
 from concurrent import futures
-from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import grpc
@@ -34,216 +26,56 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc, search_pb2, search_pb2_grpc
-from spr.catalog import SegmentCatalog
-from spr.config import Config, SecurityConfig
-from spr.grpc_security import add_server_port, client_metadata, open_channel, server_interceptors
+from spr.api.v1 import search_pb2, search_pb2_grpc
+from spr.config import Config
+from spr.engine import (
+    STORE_REFRESH_S,
+    CollectionSummary,
+    InvalidSearch,
+    MomentQuery,
+    MomentSearch,
+    SearchRefused,
+    SearchResult,
+    UnknownCollection,
+    UnservableSearch,
+)
+from spr.grpc_security import add_server_port, server_interceptors
 from spr.grpc_server import DrainingServer
-from spr.proposals import GapRule, Proposal, gap_rule_from_config
-from spr.retrieval import CoarseResult, retrieve_proposals
-from spr.stores import CollectionNotFound, SearchParams, VectorStore, index_spec_to_dict, l2_normalize, open_vector_store
+from spr.models.query import QueryEncoder
+from spr.refine_client import GrpcRefiner, moment_to_pb
 from spr.telemetry import SearchMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
 
+__all__ = ["SERVICE_NAME", "SearchServer", "SearchServicer", "search_response", "serve_search", "start_search_server"]
+
 SERVICE_NAME = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name  # "spr.v1.SearchService"
-MAX_TEXT_CHARS = 1000
-DEFAULT_TOP_K = 10
-MAX_TOP_K = 1000
-MAX_SEGMENTS_K = 16384
-# Collection shapes are looked up once per this many seconds, not once per query: on Milvus
-# a describe is a network round trip, and a collection's dimension never changes in place.
-COLLECTION_CACHE_S = 30.0
-# How often a local store (Faiss) looks for collections an ingest process flushed meanwhile;
-# a check is one small file read per collection, a reload happens only on change.
-STORE_REFRESH_S = 5.0
-# The refiner refuses calls with more proposals than this (refiner.service.MAX_PROPOSALS);
-# the best-ranked ones are refined, the rest could never make a top_k <= 1000 anyway.
-MAX_REFINE_PROPOSALS = 1000
 # A query's work is a few ms of torch and I/O waits; a handful of threads keeps the CPU busy
 # without letting a burst queue hundreds of CLIP forward passes.
 DEFAULT_WORKERS = 8
+# How each refusal of the engine is answered.
+_STATUS_OF_REFUSAL = {
+    InvalidSearch: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownCollection: grpc.StatusCode.NOT_FOUND,
+    UnservableSearch: grpc.StatusCode.FAILED_PRECONDITION,
+}
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 
 
-class RequestError(Exception):
-    """A request the service refuses: the gRPC ``code`` and a message for the client."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
-# --- the query encoder -------------------------------------------------------------------------
-
-
-@dataclass
-class QueryEncoder:
-    """The CLIP text tower and the text projector, loaded once per process.
-
-    ``clip_dim`` is the CLIP text feature size (what the refiner gets), ``dim`` the projected
-    query size (what the index holds)."""
-
-    clip: Any  # spr.models.clip.ClipEncoder
-    projectors: Any  # spr.models.projector.Projectors
-
-    @classmethod
-    def from_config(cls, config: Config) -> "QueryEncoder":
-        from spr.models.clip import load_clip
-        from spr.models.projector import load_projectors
-
-        clip = load_clip(config.clip.model, config.clip.pretrained, config.clip.device, config.clip.precision)
-        projectors = load_projectors(config.projector.checkpoint, clip.dim, device=clip.device, clip_model=clip.model_name)
-        return cls(clip, projectors)
-
-    @property
-    def clip_dim(self) -> int:
-        return int(self.clip.dim)
-
-    @property
-    def dim(self) -> int:
-        return int(self.projectors.dim)
-
-    @property
-    def random_weights(self) -> bool:
-        """True when CLIP has random weights or the projector is the untrained fallback."""
-        return bool(self.clip.random_weights or not self.projectors.trained)
-
-    def encode(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """``text`` -> (CLIP text feature ``(clip_dim,)``, L2-normalised query embedding ``(dim,)``)."""
-        feature = self.clip.encode_texts([text])  # (1, clip_dim)
-        embedding = l2_normalize(self.projectors.project_texts(feature))  # (1, dim)
-        return feature[0].astype(np.float32), embedding[0]
-
-
-# --- the refiner client ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RefineOutcome:
-    """What refinement gave: ``response`` when it worked, else ``degraded_reason``."""
-
-    response: refiner_pb2.RefineResponse | None
-    degraded_reason: str
-    elapsed_ms: float
-
-
-class RefinerClient:
-    """One long-lived channel to the refiner (gRPC reconnects it by itself after an outage)."""
-
-    def __init__(self, target: str, security: SecurityConfig, timeout_ms: float) -> None:
-        self.target = target
-        self.timeout_ms = float(timeout_ms)
-        self._channel = open_channel(target, security)
-        self._stub = refiner_pb2_grpc.RefinerServiceStub(self._channel)
-        self._metadata = client_metadata(security)
-
-    def refine(self, request: refiner_pb2.RefineRequest) -> RefineOutcome:
-        """Call Refine under the deadline; every failure becomes a degraded outcome, not an error."""
-        t0 = time.perf_counter()
-        try:
-            response = self._stub.Refine(request, timeout=self.timeout_ms / 1e3, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            reason = self._describe_failure(exc)
-            log.warning("refinement skipped: %s", reason, extra={"refiner": self.target})
-            return RefineOutcome(None, reason, (time.perf_counter() - t0) * 1e3)
-        return RefineOutcome(response, "", (time.perf_counter() - t0) * 1e3)
-
-    def _describe_failure(self, exc: grpc.RpcError) -> str:
-        code = exc.code() if hasattr(exc, "code") else None
-        details = (exc.details() if hasattr(exc, "details") else "") or ""
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return f"refiner at {self.target} timed out after {self.timeout_ms:g} ms"
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return f"refiner at {self.target} is unavailable: {_first_line(details)}"
-        name = code.name if code is not None else "unknown error"
-        return f"refiner at {self.target} failed with {name}: {_first_line(details)}"
-
-    def close(self) -> None:
-        self._channel.close()
-
-
-# --- the servicer ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ParsedQuery:
-    """A validated request: the query embedding ``(dim,)`` to search with, and what to send the
-    refiner (``refiner_query`` ``(clip_dim,)`` for text; the embedding itself, already projected,
-    for a client's embedding)."""
-
-    embedding: np.ndarray
-    refiner_query: np.ndarray
-    query_projected: bool
-    embed_ms: float
-
-
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
-    """Serves Search and CollectionStats over one catalog, one vector store and one refiner."""
+    """Serves Search and CollectionStats with one :class:`MomentSearch` (which it closes)."""
 
-    def __init__(
-        self,
-        config: Config,
-        catalog: SegmentCatalog,
-        store: VectorStore,
-        encoder: QueryEncoder,
-        refiner: RefinerClient | None = None,
-        metrics: SearchMetrics | None = None,
-    ) -> None:
-        self.config = config
-        self.catalog = catalog
-        self.store = store
-        self.encoder = encoder
-        self.refiner = refiner
+    def __init__(self, engine: MomentSearch, metrics: SearchMetrics | None = None) -> None:
+        self.engine = engine
         self.metrics = metrics if metrics is not None else SearchMetrics.for_registry()
-        self.gap_rule: GapRule = gap_rule_from_config(
-            config.proposals.gap_rule, config.proposals.max_missing_segments, config.proposals.adaptive_alpha
-        )
-        self._dims: dict[str, tuple[int, float]] = {}  # collection -> (dim, looked up at)
-        self._dims_lock = threading.Lock()
-        self._closing = threading.Event()
-        self._refresher: threading.Thread | None = None
 
     def start_refreshing(self, interval_s: float = STORE_REFRESH_S) -> None:
-        """Pick up new ingests every ``interval_s`` seconds in a background thread, off the
-        query path (:meth:`refresh_store`); stopped by :meth:`close`."""
-        if self._refresher is None and interval_s > 0:
-            self._refresher = threading.Thread(
-                target=self._refresh_loop, args=(interval_s,), name="search-refresh", daemon=True
-            )
-            self._refresher.start()
-
-    def refresh_store(self) -> list[str]:
-        """Reload the collections other processes flushed since we loaded them; their names."""
-        reloaded = self.store.refresh()
-        for name in reloaded:
-            self._forget(name)
-        if reloaded:
-            log.info("reloaded collections changed by another process", extra={"collections": reloaded})
-        return reloaded
-
-    def _refresh_loop(self, interval_s: float) -> None:
-        while not self._closing.wait(interval_s):
-            try:
-                self.refresh_store()
-            except Exception:
-                log.warning("refreshing the vector store failed; searching the copy already loaded", exc_info=True)
+        self.engine.start_refreshing(interval_s)
 
     def close(self) -> None:
-        self._closing.set()
-        if self._refresher is not None:
-            self._refresher.join()
-        if self.refiner is not None:
-            self.refiner.close()
-        self.store.close()
-        self.catalog.close()
+        self.engine.close()
 
     # -- RPCs ---------------------------------------------------------------------------------
 
@@ -255,293 +87,66 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> search_pb2.CollectionStatsResponse:
         return _answer(context, "CollectionStats", self.collection_stats, request)
 
-    # -- Search -------------------------------------------------------------------------------
-
     def search(self, request: search_pb2.SearchRequest) -> search_pb2.SearchResponse:
-        """The whole query path for one request (raises :class:`RequestError` to refuse it)."""
-        t_start = time.perf_counter()
-        top_k = _bounded("top_k", request.top_k, DEFAULT_TOP_K, MAX_TOP_K)
-        segments_k = _bounded("segments_k", request.segments_k, self.config.proposals.top_k_segments, MAX_SEGMENTS_K)
-        params = _search_params(request)
-        self._check_query(request)
-        collection = request.collection or self.config.vectors.collection
-        dim = self._collection_dim(collection)
-        query = self._parse_query(request, collection, dim)
-
-        timings = {"embed": query.embed_ms, "ann": 0.0, "catalog": 0.0, "proposals": 0.0, "refine": 0.0}
-        response = search_pb2.SearchResponse(collection=collection, random_weights=self.encoder.random_weights)
-        video_keys = self._video_filter(request, timings)
-        if video_keys is not None and not video_keys:
-            # Filters that match no video: nothing to search, and nothing has failed.
-            return _finish(response, timings, t_start)
-
-        coarse = self._retrieve(collection, query.embedding, segments_k, params, video_keys)
-        timings.update(coarse.timings_ms)
-        response.segments_retrieved = len(coarse.segments)
-        response.proposals = len(coarse.proposals)
-
-        refined = self._refine(request, query, coarse, response)
-        if refined is not None:
-            timings["refine"] = refined.elapsed_ms
-            response.moments.extend(list(refined.response.moments)[:top_k])
-            response.refined = True
-        else:
-            response.moments.extend(coarse_moments(coarse, top_k))
-        return _finish(response, timings, t_start)
-
-    @staticmethod
-    def _check_query(request: search_pb2.SearchRequest) -> None:
-        """What can be checked without the collection: one query, sane text, finite values."""
-        which = request.WhichOneof("query")
-        if which is None:
-            raise invalid("no query: set `text` or `embedding`")
-        if which == "text":
-            if not request.text.strip():
-                raise invalid("query text is empty")
-            if len(request.text) > MAX_TEXT_CHARS:
-                raise invalid(f"query text has {len(request.text)} characters; at most {MAX_TEXT_CHARS} are allowed")
-            return
-        values = np.asarray(request.embedding.values, dtype=np.float32)
-        if not np.isfinite(values).all():
-            raise invalid("embedding contains NaN or infinity")
-        if values.size and not np.any(values):
-            raise invalid("embedding is all zeros")
-
-    def _parse_query(self, request: search_pb2.SearchRequest, collection: str, dim: int) -> ParsedQuery:
-        """The checked query as a ``(dim,)`` unit vector for a collection of ``dim``-d vectors."""
-        t0 = time.perf_counter()
-        if request.WhichOneof("query") == "text":
-            if self.encoder.dim != dim:
-                raise RequestError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"collection {collection!r} holds {dim}-d vectors but this service's text encoder "
-                    f"gives {self.encoder.dim}-d queries; search it with an embedding or serve it "
-                    f"with the CLIP model and projector that built it",
-                )
-            feature, embedding = self.encoder.encode(request.text)
-            return ParsedQuery(embedding, feature, False, (time.perf_counter() - t0) * 1e3)
-        values = np.asarray(request.embedding.values, dtype=np.float32)
-        if values.shape != (dim,):
-            raise invalid(f"embedding has {values.size} values; collection {collection!r} needs {dim}")
-        embedding = l2_normalize(values)
-        return ParsedQuery(embedding, embedding, True, (time.perf_counter() - t0) * 1e3)
-
-    def _video_filter(self, request: search_pb2.SearchRequest, timings: dict[str, float]) -> list[str] | None:
-        """The videos a request may see: its ``video_keys`` intersected with the ready videos
-        whose metadata matches (None when it sets neither: all videos)."""
-        keys = list(dict.fromkeys(request.video_keys)) if request.video_keys else None
-        if keys is not None and not all(keys):
-            raise invalid("video_keys contains an empty key")
-        if not request.metadata:
-            return keys
-        t0 = time.perf_counter()
-        try:
-            matching = self.catalog.video_keys_matching(dict(request.metadata))
-        except ValueError as exc:
-            raise invalid(str(exc)) from None
-        timings["filter"] = (time.perf_counter() - t0) * 1e3
-        if keys is None:
-            return matching
-        allowed = set(matching)
-        return [k for k in keys if k in allowed]
-
-    def _retrieve(
-        self,
-        collection: str,
-        embedding: np.ndarray,
-        segments_k: int,
-        params: SearchParams | None,
-        video_keys: list[str] | None,
-    ) -> CoarseResult:
-        try:
-            return retrieve_proposals(
-                self.store,
-                self.catalog,
-                collection,
-                embedding,
-                top_k=segments_k,
-                params=params,
-                gap_rule=self.gap_rule,
-                pad_s=self.config.proposals.pad_s,
-                video_keys=video_keys,
-            )
-        except CollectionNotFound as exc:
-            self._forget(collection)  # dropped since we cached its shape
-            raise RequestError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
-
-    def _refine(
-        self,
-        request: search_pb2.SearchRequest,
-        query: ParsedQuery,
-        coarse: CoarseResult,
-        response: search_pb2.SearchResponse,
-    ) -> RefineOutcome | None:
-        """The refiner's answer, or None with ``response.degraded`` set when it was wanted and failed."""
-        asked_explicitly = request.HasField("refine")
-        if asked_explicitly and not request.refine:
-            return None
-        if self.refiner is None:
-            if asked_explicitly:
-                _degrade(response, "no refiner configured")
-            return None
-        if not coarse.padded:
-            return None  # nothing to refine
-        outcome = self.refiner.refine(refine_request(query, coarse))
-        if outcome.response is None:
-            _degrade(response, outcome.degraded_reason)
-            return None
-        if not outcome.response.moments:
-            _degrade(response, f"the refiner dropped all {len(coarse.padded)} proposals (no frame features)")
-            return None
-        response.random_weights = response.random_weights or outcome.response.random_weights
-        return outcome
-
-    # -- collections --------------------------------------------------------------------------
-
-    def _collection_dim(self, name: str) -> int:
-        """The vector size of collection ``name`` (NOT_FOUND when neither store knows it)."""
-        now = time.monotonic()
-        with self._dims_lock:
-            cached = self._dims.get(name)
-        if cached is not None and now - cached[1] < COLLECTION_CACHE_S:
-            return cached[0]
-        record = self.catalog.get_collection(name)
-        if record is not None and record.backend != self.store.backend:
-            raise RequestError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"collection {name!r} lives in the {record.backend} vector store; this service reads {self.store.backend}",
-            )
-        try:
-            dim = self.store.describe(name).dim
-        except CollectionNotFound:
-            raise RequestError(
-                grpc.StatusCode.NOT_FOUND,
-                f"collection {name!r} does not exist; ingest videos into it (`spr ingest`) or search another",
-            ) from None
-        with self._dims_lock:
-            self._dims[name] = (int(dim), now)
-        return int(dim)
-
-    def _forget(self, name: str) -> None:
-        with self._dims_lock:
-            self._dims.pop(name, None)
-
-    # -- CollectionStats ----------------------------------------------------------------------
+        """One request through the engine (raises :class:`SearchRefused` to refuse it)."""
+        return search_response(self.engine.search(moment_query(request)))
 
     def collection_stats(self, request: search_pb2.CollectionStatsRequest) -> search_pb2.CollectionStatsResponse:
-        records = {r.name: r for r in self.catalog.list_collections()}
-        names = sorted(set(records) | set(self.store.list_collections()))
-        if request.collection:
-            if request.collection not in names:
-                raise RequestError(grpc.StatusCode.NOT_FOUND, f"collection {request.collection!r} does not exist")
-            names = [request.collection]
-        response = search_pb2.CollectionStatsResponse(segments=self.catalog.segment_count())
-        response.videos.update(self.catalog.count_by_status())
-        response.collections.extend(self._one_collection_stats(name, records.get(name)) for name in names)
+        stats = self.engine.collection_stats(request.collection)
+        response = search_pb2.CollectionStatsResponse(segments=stats.segments)
+        response.videos.update(stats.videos)
+        response.collections.extend(_collection_pb(c) for c in stats.collections)
         return response
 
-    def _one_collection_stats(self, name: str, record: Any) -> search_pb2.CollectionStats:
-        """Catalog record (when registered) plus the store's own view; ``vectors`` is -1 when
-        this service's store cannot count the collection (another backend, or missing)."""
-        info = None
-        if (record is None or record.backend == self.store.backend) and self.store.has_collection(name):
-            info = self.store.describe(name)
-        spec = dict(record.index_spec) if record is not None else index_spec_to_dict(info.index)
-        stats = search_pb2.CollectionStats(
-            name=name,
-            backend=record.backend if record is not None else self.store.backend,
-            dim=record.dim if record is not None else info.dim,
-            metric=record.metric if record is not None else info.metric,
-            index_kind=str(spec.pop("kind", "")),
-            vectors=info.count if info is not None else -1,
-            feature_model=(record.feature_model or "") if record is not None else "",
-        )
-        stats.index_params.update({k: str(v) for k, v in spec.items()})
-        return stats
+
+# --- request/response mapping --------------------------------------------------------------------
 
 
-# --- request/response helpers ------------------------------------------------------------------
-
-
-def _bounded(name: str, value: int, default: int, maximum: int) -> int:
-    """``value`` when in ``[1, maximum]``, ``default`` for 0, INVALID_ARGUMENT otherwise."""
-    if value == 0:
-        return default
-    if not 1 <= value <= maximum:
-        raise invalid(f"{name}={value} is out of range; use 1..{maximum} (0 = default {default})")
-    return value
-
-
-def _search_params(request: search_pb2.SearchRequest) -> SearchParams | None:
-    if not request.HasField("params"):
-        return None
-    nprobe, ef = request.params.nprobe, request.params.ef
-    try:
-        return SearchParams(nprobe=nprobe or None, ef=ef or None)
-    except ValueError as exc:
-        raise invalid(str(exc)) from None
-
-
-def refine_request(query: ParsedQuery, coarse: CoarseResult) -> refiner_pb2.RefineRequest:
-    """The padded proposals of ``coarse`` with their catalog video ids, ``coarse_rank`` =
-    position in the coarse ranking."""
-    proposals = []
-    pairs = zip(coarse.proposals[:MAX_REFINE_PROPOSALS], coarse.padded[:MAX_REFINE_PROPOSALS])
-    for rank, (proposal, padded) in enumerate(pairs):
-        location = coarse.location_of(proposal)
-        proposals.append(
-            refiner_pb2.RefineProposal(
-                video_id=location.video_id,
-                video_key=proposal.video_key,
-                start_s=padded.start_s,
-                end_s=padded.end_s,
-                coarse_rank=rank,
-                video_duration_s=proposal.video_duration_s,
-                uri=location.uri,
-                coarse_start_s=proposal.start_s,
-                coarse_end_s=proposal.end_s,
-            )
-        )
-    return refiner_pb2.RefineRequest(
-        query=moments_pb2.Embedding(values=query.refiner_query.tolist()),
-        proposals=proposals,
-        query_projected=query.query_projected,
+def moment_query(request: search_pb2.SearchRequest) -> MomentQuery:
+    """The wire request as the engine's query (checked by the engine, not here)."""
+    which = request.WhichOneof("query")
+    params = request.params if request.HasField("params") else None
+    return MomentQuery(
+        text=request.text if which == "text" else None,
+        embedding=np.asarray(request.embedding.values, dtype=np.float32) if which == "embedding" else None,
+        collection=request.collection,
+        top_k=request.top_k,
+        segments_k=request.segments_k,
+        nprobe=params.nprobe if params is not None else None,
+        ef=params.ef if params is not None else None,
+        video_keys=tuple(request.video_keys),
+        metadata=dict(request.metadata),
+        refine=request.refine if request.HasField("refine") else None,
     )
 
 
-def coarse_moments(coarse: CoarseResult, top_k: int) -> list[moments_pb2.Moment]:
-    """The first ``top_k`` unpadded proposals as moments, scored by their best segment."""
-    return [_coarse_moment(rank, p, coarse.location_of(p).uri) for rank, p in enumerate(coarse.proposals[:top_k])]
-
-
-def _coarse_moment(rank: int, proposal: Proposal, uri: str) -> moments_pb2.Moment:
-    return moments_pb2.Moment(
-        video_key=proposal.video_key,
-        uri=uri,
-        start_s=proposal.start_s,
-        end_s=proposal.end_s,
-        score=proposal.best_score,
-        coarse_rank=rank,
-        coarse_start_s=proposal.start_s,
-        coarse_end_s=proposal.end_s,
-        video_duration_s=proposal.video_duration_s,
+def search_response(result: SearchResult) -> search_pb2.SearchResponse:
+    response = search_pb2.SearchResponse(
+        collection=result.collection,
+        refined=result.refined,
+        degraded=result.degraded,
+        degraded_reason=result.degraded_reason,
+        random_weights=result.random_weights,
+        segments_retrieved=result.segments_retrieved,
+        proposals=result.proposals,
     )
-
-
-def _degrade(response: search_pb2.SearchResponse, reason: str) -> None:
-    response.degraded = True
-    response.degraded_reason = reason
-
-
-def _finish(response: search_pb2.SearchResponse, timings: dict[str, float], t_start: float) -> search_pb2.SearchResponse:
-    timings["total"] = (time.perf_counter() - t_start) * 1e3
-    response.timings_ms.update(timings)
+    response.moments.extend(moment_to_pb(m) for m in result.moments)
+    response.timings_ms.update(result.timings_ms)
     return response
 
 
-def _first_line(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else "no details"
-    return line[:300]
+def _collection_pb(summary: CollectionSummary) -> search_pb2.CollectionStats:
+    stats = search_pb2.CollectionStats(
+        name=summary.name,
+        backend=summary.backend,
+        dim=summary.dim,
+        metric=summary.metric,
+        index_kind=summary.index_kind,
+        vectors=summary.vectors,
+        feature_model=summary.feature_model,
+    )
+    stats.index_params.update(summary.index_params)
+    return stats
 
 
 def _answer(
@@ -556,10 +161,11 @@ def _answer(
     hears every outcome (metrics)."""
     try:
         response = handler(request)
-    except RequestError as exc:
+    except SearchRefused as exc:
+        code = _STATUS_OF_REFUSAL.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
         if record is not None:
-            record(exc.code.name, None)
-        context.abort(exc.code, exc.message)
+            record(code.name, None)
+        context.abort(code, exc.message)
     except Exception as exc:
         incident = uuid.uuid4().hex[:12]
         log.exception("%s failed unexpectedly (incident %s): %s", method, incident, exc, extra={"incident": incident})
@@ -616,11 +222,15 @@ def serve_search(
     that cannot start is a warning, never an error."""
     refiner_target = refiner_target if refiner_target is not None else (config.services.refiner_target or None)
     encoder = QueryEncoder.from_config(config)
-    catalog = SegmentCatalog.from_config(config)
-    store = open_vector_store(config)
-    refiner = RefinerClient(refiner_target, config.security, config.refiner.timeout_ms) if refiner_target else None
+    refiner = GrpcRefiner(refiner_target, config.security, config.refiner.timeout_ms) if refiner_target else None
+    try:
+        engine = MomentSearch.open(config, encoder, refiner)
+    except BaseException:
+        if refiner is not None:
+            refiner.close()
+        raise
     metrics = SearchMetrics.for_registry(metrics_registry)
-    servicer = SearchServicer(config, catalog, store, encoder, refiner, metrics)
+    servicer = SearchServicer(engine, metrics)
     try:
         server, bound = start_search_server(config, servicer, port, max_workers)
     except BaseException:
@@ -637,7 +247,7 @@ def serve_search(
         extra={
             "refiner": refiner_target or "",
             "collection": config.vectors.collection,
-            "backend": store.backend,
+            "backend": engine.store.backend,
             "clip": encoder.clip.identity,
             "projector": encoder.projectors.identity,
             "random_weights": encoder.random_weights,

@@ -30,11 +30,11 @@ from spr.config import CatalogConfig, ClipConfig, Config, MilvusConfig, VectorsC
 from spr.metrics import GroundTruthMoment
 from spr.stores import open_vector_store
 from spr.data.tvr_ranking import AnnotationError
+from spr.cli.eval import evaluate
 from spr.eval.evaluation import (
     EvalError,
     EvalOptions,
     predictions_to_json,
-    run_evaluation,
     upper_bound_relevances,
     upper_bound_report,
     write_outputs,
@@ -282,7 +282,7 @@ def test_upper_bound_clips_to_the_proposal_and_pairs_one_to_one() -> None:
 
 def test_sp_finds_planted_events_and_writes_predictions(setup, tmp_path: Path) -> None:
     config, paths, _ = setup
-    report = run_evaluation(config, paths["clean"], options(query_features=str(paths["qf"]), refine=False))
+    report = evaluate(config, paths["clean"], options(query_features=str(paths["qf"]), refine=False))
     assert report.spr is None and report.num_queries == 3 and report.sp.num_queries == 3
     assert report.sp.ndcg[10][0.5] == pytest.approx(1.0)
     assert report.sp.ndcg[10][0.7] == pytest.approx(2 / 3)  # B's coarse proposal has IoU 2/3
@@ -307,7 +307,7 @@ def test_sp_finds_planted_events_and_writes_predictions(setup, tmp_path: Path) -
 
 def test_perfect_refiner_is_exact_and_the_upper_bound_is_one(setup) -> None:
     config, paths, checkpoint = setup
-    report = run_evaluation(with_refiner(config, checkpoint), paths["clean"], options(query_features=str(paths["qf"])))
+    report = evaluate(with_refiner(config, checkpoint), paths["clean"], options(query_features=str(paths["qf"])))
     assert report.refiner == "spr-clip:perfect.pt@1" and not report.degraded_queries
     spr = report.spr_predictions
     assert [(m.video_name, m.start_s, m.end_s) for m in spr["qB"]] == [("v2", 22.0, 30.0)]
@@ -318,7 +318,7 @@ def test_perfect_refiner_is_exact_and_the_upper_bound_is_one(setup) -> None:
         assert all(v == pytest.approx(1.0) for v in cells.values())
     assert set(report.timings_ms) == {"embed", "ann", "catalog", "proposals", "features", "refine", "total"}
     # The same with the query features declared already projected (mean pooling: identity).
-    projected = run_evaluation(
+    projected = evaluate(
         with_refiner(config, checkpoint), paths["clean"], options(query_features=str(paths["qf"]), projected=True)
     )
     assert ndcg_cells(projected.spr) == pytest.approx(ndcg_cells(report.spr))
@@ -326,7 +326,7 @@ def test_perfect_refiner_is_exact_and_the_upper_bound_is_one(setup) -> None:
 
 def test_random_refiner_stays_inside_padded_spans_below_the_upper_bound(setup) -> None:
     config, paths, _ = setup
-    report = run_evaluation(with_refiner(config, ""), paths["hard"], options(query_features=str(paths["qf"]), workers=3))
+    report = evaluate(with_refiner(config, ""), paths["hard"], options(query_features=str(paths["qf"]), workers=3))
     assert report.random_weights and report.refiner == "spr-clip/random"
     assert report.num_queries == 4 and report.sp.num_queries == 3  # qD has no relevant moment
     for outcome in report.outcomes:
@@ -345,7 +345,7 @@ def test_random_refiner_stays_inside_padded_spans_below_the_upper_bound(setup) -
 def test_text_queries_through_clip_and_the_projector(setup) -> None:
     config, paths, checkpoint = setup
     config = with_refiner(config, checkpoint).replace(clip=ClipConfig(model="spr-tiny", device="cpu"))
-    report = run_evaluation(config, paths["hard"], options(max_moments=2))
+    report = evaluate(config, paths["hard"], options(max_moments=2))
     assert report.query_source.startswith("text (spr-tiny/random") and report.random_weights
     assert report.timings_ms["embed"]["mean"] > 0
     assert all(0 < len(o.sp) <= 2 and len(o.spr) <= 2 for o in report.outcomes)
@@ -355,23 +355,23 @@ def test_setups_that_cannot_work_are_refused(setup, tmp_path: Path) -> None:
     config, paths, _ = setup
     qf = str(paths["qf"])
     with pytest.raises(EvalError, match="does not exist"):
-        run_evaluation(config, paths["clean"], options(query_features=qf, collection="nope"))
+        evaluate(config, paths["clean"], options(query_features=qf, collection="nope"))
     with pytest.raises(EvalError, match="--projected"):
-        run_evaluation(config, paths["clean"], options(projected=True))
+        evaluate(config, paths["clean"], options(projected=True))
     with pytest.raises(EvalError, match="64-d vectors"):
-        run_evaluation(config, paths["clean"], options(query_features=_features_file(tmp_path, 32), projected=True))
+        evaluate(config, paths["clean"], options(query_features=_features_file(tmp_path, 32), projected=True))
     with pytest.raises(EvalError, match="512-d but collection"):  # refused before building the model
-        run_evaluation(config.replace(clip=ClipConfig(model="ViT-B-32", device="cpu")), paths["clean"], options())
+        evaluate(config.replace(clip=ClipConfig(model="ViT-B-32", device="cpu")), paths["clean"], options())
     with pytest.raises(AnnotationError, match="no features for query"):
-        run_evaluation(config, paths["clean"], options(query_features=_features_file(tmp_path / "few", D, ["qA"])))
+        evaluate(config, paths["clean"], options(query_features=_features_file(tmp_path / "few", D, ["qA"])))
     with pytest.raises(EvalError, match="does not exist; check refiner.checkpoint"):
-        run_evaluation(with_refiner(config, str(tmp_path / "missing.pt")), paths["clean"], options(query_features=qf))
+        evaluate(with_refiner(config, str(tmp_path / "missing.pt")), paths["clean"], options(query_features=qf))
     small = tmp_path / "small.pt"
     save_refiner(small, build_refiner(RefinerShape(in_dim=32, text_in_dim=32, dim=32, layers=1, heads=4)))
     with pytest.raises(EvalError, match="expects 32-d CLIP frame features"):
-        run_evaluation(with_refiner(config, str(small)), paths["clean"], options(query_features=qf))
+        evaluate(with_refiner(config, str(small)), paths["clean"], options(query_features=qf))
     with pytest.raises(EvalError, match="all zeros"):
-        run_evaluation(config, paths["clean"], options(query_features=_features_file(tmp_path / "zero", D, value=0.0)))
+        evaluate(config, paths["clean"], options(query_features=_features_file(tmp_path / "zero", D, value=0.0)))
 
 
 def _features_file(folder: Path, dim: int, ids=("qA", "qB", "qC", "qD"), value: float = 1.0) -> str:
@@ -393,7 +393,7 @@ def test_milvus_and_postgresql(setup, tmp_path: Path, milvus_uri: str, postgres_
     config = make_config(tmp_path / "data", f"t_eval_{uuid.uuid4().hex[:8]}", postgres_url, milvus_uri)
     imported(config, paths)
     try:
-        report = run_evaluation(with_refiner(config, checkpoint), paths["clean"], options(query_features=str(paths["qf"])))
+        report = evaluate(with_refiner(config, checkpoint), paths["clean"], options(query_features=str(paths["qf"])))
     finally:
         store = open_vector_store(config)
         store.drop_collection(config.vectors.collection)

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from spr.refine.batching import BatcherClosed, DynamicBatcher, RefineWork, pad_features, pad_features_on
+from spr.features import VISUAL
+from spr.refine.batching import MODEL_MODALITIES, BatcherClosed, DynamicBatcher, RefineWork, pad_features, pad_features_on
 from spr.models.refiner import RefinerShape, SPRClipRefiner, build_refiner
 
 D = 16
@@ -129,6 +130,16 @@ def test_malformed_work_is_refused_at_submit(model: SPRClipRefiner) -> None:
             batcher.submit(RefineWork(np.zeros(D), [np.zeros((3, D)), np.zeros((0, D))]))
         with pytest.raises(ValueError, match="proposal 0"):
             batcher.submit(RefineWork(np.zeros(D), [np.zeros((65, D))]))
+
+
+def test_work_names_the_modality_of_its_features_and_the_model_takes_only_its_own(model: SPRClipRefiner) -> None:
+    work = make_work(9)
+    assert work.modality == VISUAL == "visual" and MODEL_MODALITIES == (VISUAL,)
+    with DynamicBatcher(model, max_wait_ms=0) as batcher:
+        assert batcher.refine(work, timeout=30).scores.shape == (3,)
+        speech = RefineWork(work.query, work.features, work.query_projected, modality="speech")
+        with pytest.raises(ValueError, match="reads visual features, not 'speech'"):
+            batcher.submit(speech)
 
 
 def test_close_finishes_queued_work_then_refuses_more(model: SPRClipRefiner) -> None:

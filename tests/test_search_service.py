@@ -31,13 +31,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from conftest import run_spr, self_signed_certificate
 from spr.search.client import SearchClient
-from spr.search.service import (
-    QueryEncoder,
-    RefinerClient,
-    SearchServicer,
-    serve_search,
-    start_search_server,
-)
+from spr.search.service import SearchServicer, serve_search, start_search_server
 from spr.catalog import SegmentCatalog
 from spr.config import (
     CatalogConfig,
@@ -50,9 +44,12 @@ from spr.config import (
     SecurityConfig,
     VectorsConfig,
 )
+from spr.engine import MomentSearch
 from spr.features import FrameFeatureStore
 from spr.metrics import temporal_iou
+from spr.models.query import QueryEncoder
 from spr.publish import publish_video
+from spr.refine_client import GrpcRefiner
 from spr.stores import Flat, index_spec_to_dict, l2_normalize, open_vector_store
 
 DIM = 64  # spr-tiny's embedding size
@@ -182,7 +179,7 @@ def encoder(corpus: Corpus) -> QueryEncoder:
 @dataclass
 class Variant:
     client: SearchClient
-    servicer: SearchServicer
+    engine: MomentSearch
 
 
 @pytest.fixture(scope="module")
@@ -192,15 +189,13 @@ def start_variant(corpus: Corpus, encoder: QueryEncoder) -> Iterator:
     ``start_variant(refiner=..., store=..., config=...) -> Variant``."""
     servers, clients = [], []
 
-    def start(refiner: RefinerClient | None = None, store=None, config: Config | None = None) -> Variant:
+    def start(refiner: GrpcRefiner | None = None, store=None, config: Config | None = None) -> Variant:
         config = config or corpus.config
-        servicer = SearchServicer(
-            config, SegmentCatalog.from_config(config), store or open_vector_store(config), encoder, refiner
-        )
-        server, port = start_search_server(config, servicer, port=0, max_workers=2, refresh_s=0)
+        engine = MomentSearch(config, SegmentCatalog.from_config(config), store or open_vector_store(config), encoder, refiner)
+        server, port = start_search_server(config, SearchServicer(engine), port=0, max_workers=2, refresh_s=0)
         servers.append(server)
         clients.append(SearchClient(f"127.0.0.1:{port}", config.security, timeout_s=120))
-        return Variant(clients[-1], servicer)
+        return Variant(clients[-1], engine)
 
     yield start
     for c in clients:
@@ -279,7 +274,7 @@ def test_search_by_text_runs_end_to_end(client: SearchClient, corpus: Corpus):
 
 def test_a_refiner_that_is_down_degrades_to_the_coarse_proposals(start_variant, corpus: Corpus, client: SearchClient):
     target = f"127.0.0.1:{closed_port()}"
-    degraded_client = start_variant(refiner=RefinerClient(target, SecurityConfig(), 5_000)).client
+    degraded_client = start_variant(refiner=GrpcRefiner(target, SecurityConfig(), 5_000)).client
     response = degraded_client.search(embedding=corpus.event, top_k=5)
     assert (response.refined, response.degraded) == (False, True)
     assert target in response.degraded_reason and "unavailable" in response.degraded_reason
@@ -290,7 +285,7 @@ def test_a_refiner_that_is_down_degrades_to_the_coarse_proposals(start_variant, 
 
 
 def test_a_refiner_that_times_out_degrades(start_variant, corpus: Corpus, refiner_target: str):
-    late_client = start_variant(refiner=RefinerClient(refiner_target, SecurityConfig(), timeout_ms=0.001)).client
+    late_client = start_variant(refiner=GrpcRefiner(refiner_target, SecurityConfig(), timeout_ms=0.001)).client
     response = late_client.search(embedding=corpus.event, top_k=3)
     assert (response.refined, response.degraded) == (False, True)
     assert "timed out after 0.001 ms" in response.degraded_reason
@@ -325,7 +320,7 @@ def test_videos_ingested_after_start_become_searchable_on_refresh(start_variant,
         catalog.close()
     stale = variant.client.search(embedding=late_event, top_k=3, refine=False)
     assert "late/e01" not in {m.video_key for m in stale.moments}  # the copy loaded at start
-    assert variant.servicer.refresh_store() == [COLLECTION]
+    assert variant.engine.refresh_store() == [COLLECTION]
     fresh_result = variant.client.search(embedding=late_event, top_k=3, refine=False)
     assert (fresh_result.moments[0].video_key, fresh_result.moments[0].start_s) == ("late/e01", 8.0)
 

@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from spr.ingest.pipeline import run_ingest
 from spr.ingest.progress import IngestProgress
 from spr.ingest.sources import sources_from_paths
-from spr.ingest.synthetic_video import write_corrupt, write_video
+from spr.ingest.synthetic_video import write_video
+from videos import write_corrupt
 from spr.search.client import SearchClient
 from spr.search.service import serve_search
 from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc
@@ -181,7 +182,7 @@ def test_searches_count_by_code_with_one_stage_observation_per_answer(search, re
     def boom(*args, **kwargs):
         raise RuntimeError("store exploded")
 
-    monkeypatch.setattr(search.server.servicer, "_retrieve", boom)
+    monkeypatch.setattr(search.server.servicer.engine, "_retrieve", boom)
     with pytest.raises(grpc.RpcError) as internal:
         client.search(text="a cat")
     assert internal.value.code() == grpc.StatusCode.INTERNAL

@@ -5,7 +5,7 @@
 the refiner Deployment runs this instead: load the configuration like every ``spr`` command
 (``$SPR_CONFIG``, then ``SPR_*`` variables), configure logging, and serve
 ``spr.v1.RefinerService`` on ``services.host``:``services.refiner_port`` until SIGTERM, which
-drains in-flight calls first (``refiner.service.serve_refiner(block=True)``).
+drains in-flight calls first (``spr.refine.service.serve_refiner(block=True)``).
 
 Exit codes follow ``spr``: 2 for a configuration error, a traceback for a crash.
 """

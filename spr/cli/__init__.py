@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 from typing import Any
 
 from spr import __version__
@@ -113,7 +112,7 @@ def cmd_version(config: Config, args: argparse.Namespace) -> int:
 def cmd_config(config: Config, args: argparse.Namespace) -> int:
     from spr.catalog import masked_url
 
-    shown = asdict(config)
+    shown = config.as_dict()
     shown["catalog"]["url"] = masked_url(config.catalog_url)
     for section in ("milvus", "security"):
         if shown[section]["token"]:
@@ -140,7 +139,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     try:
         print(f"{'collection':<24} {'backend':<8} {'dim':>5} {'metric':<6} {'index':<28} {'vectors':>10}")
         for coll in collections:
-            if coll.backend != store.backend:
+            if not store.holds(coll):
                 count = f"({coll.backend})"
             elif store.has_collection(coll.name):
                 count = str(store.count(coll.name))

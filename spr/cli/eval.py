@@ -1,6 +1,8 @@
 """``spr eval``: score the query pipeline on a TVR-Ranking query file (SP, SPR and the upper
-bound, NDCG@K at IoU>=mu, per-stage timings). The work is in :mod:`spr.training.evaluation`,
-imported on use so that building the parser loads neither torch nor the stores."""
+bound, NDCG@K at IoU>=mu, per-stage timings). The scoring is in :mod:`spr.eval.evaluation`; this
+module wires it (:func:`evaluate`): the search engine over the configured stores, with the
+refiner of the refine stage in this process. Imported on use, so that building the parser loads
+neither torch nor the stores."""
 
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def cmd_eval(config: Any, args: argparse.Namespace) -> int:
     from spr.errors import UsageError
 
     from spr.data.tvr_ranking import AnnotationError
-    from spr.eval.evaluation import EvalError, EvalOptions, run_evaluation, write_outputs
+    from spr.eval.evaluation import EvalError, EvalOptions, write_outputs
 
     options = EvalOptions(
         collection=args.collection,
@@ -79,7 +81,7 @@ def cmd_eval(config: Any, args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     try:
-        report = run_evaluation(config, args.queries, options, progress=_print_progress)
+        report = evaluate(config, args.queries, options, progress=_print_progress)
     except (AnnotationError, EvalError) as exc:
         raise UsageError(" ".join(str(exc).split())) from None
     written = write_outputs(report, args.out_dir) if args.out_dir else []
@@ -90,6 +92,42 @@ def cmd_eval(config: Any, args: argparse.Namespace) -> int:
         for path in written:
             print(f"wrote {path}")
     return 0
+
+
+def evaluate(
+    config: Any,
+    queries: Any,
+    options: Any = None,
+    *,
+    model: Any = None,
+    progress: Any = None,
+) -> Any:
+    """:func:`spr.eval.evaluation.run_evaluation` of ``queries`` on the engine over ``config``'s
+    catalog and vector store, refining (unless ``options.refine`` is False) with the refiner in
+    this process: ``refiner.checkpoint`` (or ``model``, an SPRClipRefiner), loaded on first use
+    for the frame features' size. Returns the :class:`~spr.eval.evaluation.EvalReport`; raises
+    :class:`~spr.eval.evaluation.EvalError` for a setup that cannot work."""
+    import os
+
+    from spr.engine import MomentSearch
+    from spr.eval.evaluation import EvalError, EvalOptions, load_eval_queries, run_evaluation
+
+    options = options if options is not None else EvalOptions()
+    if isinstance(queries, (str, os.PathLike)):  # a bad query file is refused before any store opens
+        queries = load_eval_queries(queries)
+    refiner = None
+    if options.refine:
+        from spr.refine.inprocess import InProcessRefiner
+
+        refiner = InProcessRefiner.loading_on_first_use(config, model=model)
+    try:
+        search = MomentSearch.open(config, refiner=refiner)
+    except ValueError as exc:  # proposals.gap_rule
+        if refiner is not None:
+            refiner.close()
+        raise EvalError(str(exc)) from None
+    with search:
+        return run_evaluation(config, queries, options, search=search, progress=progress)
 
 
 def _print_progress(done: int, total: int) -> None:

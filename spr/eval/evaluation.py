@@ -1,28 +1,30 @@
 """``spr eval``: the real query pipeline over a TVR-Ranking query file, scored with NDCG@K, IoU>=mu.
 
-Every query runs the online path against the configured stores, as the search service does:
+Every query runs the online path: the same search engine the search service adapts
+(:class:`spr.engine.MomentSearch`), handed in by the command line over the configured stores and
+with the refiner in this process (:func:`spr.cli.eval.evaluate`). Evaluation only encodes the
+queries up front and scores what comes back:
 
 ``embed``
     the query text through the CLIP text tower and the text projector (``clip.*``,
     ``projector.checkpoint``), batched; or precomputed CLIP text features (HDF5 keyed by query
-    id) through the text projector; or, with ``projected``, ready joint-space embeddings;
+    id) through the text projector; or, with ``projected``, ready joint-space embeddings; the
+    engine gets each as an :class:`spr.engine.EncodedQuery`;
 ``ann``, ``catalog``, ``proposals``
-    :func:`spr.retrieval.retrieve_proposals`: ANN top-k segments (``proposals.top_k_segments``,
-    200), one catalog round trip, proposals by the configured gap rule, tau_C padding;
+    the engine's coarse path: ANN top-k segments (``proposals.top_k_segments``, 200), one catalog
+    round trip, proposals by the configured gap rule, tau_C padding;
 ``features``, ``refine``
-    optional: the padded proposals' frame features from the feature store
-    (:func:`refiner.service.read_proposal_features`), then the SPR_CLIP refiner of
-    ``refiner.checkpoint`` in this process, through the service's
-    :class:`refiner.batching.DynamicBatcher` (same padding and masking; concurrent queries share
-    forward passes).
+    optional: the engine's refiner, as the refiner reports them: the padded proposals' frame
+    features read from the feature store, then the SPR_CLIP refiner of ``refiner.checkpoint``
+    (its dynamic batcher: concurrent queries share forward passes).
 
 Queries run on a thread pool (``workers``); each worker waits for its own refinement, so the
 batcher sees up to ``workers`` queries at once, like the service under load.
 
 Two rankings come out per query: **SP**, the unpadded proposals ranked by their best segment
-(what a search with ``refine=false`` answers), and **SPR**, the refined moments ranked by the
-refiner's score (what a refined search answers; a query the service would answer unrefined, e.g.
-all its videos lack frame features, falls back to SP and is counted as degraded). Both are cut to
+(what a search with ``refine=false`` answers), and **SPR**, what a refined search answers: the
+refined moments ranked by the refiner's score, or, where the search degrades (e.g. all its
+videos lack frame features), the coarse proposals, counted as degraded. Both are cut to
 ``max_moments`` and scored with :func:`spr.metrics.evaluate_rankings`.
 
 **The upper bound** (SPR paper, section 4.6 and Table 4, "UB") scores a perfect refiner and a
@@ -34,9 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -47,7 +47,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from spr.config import Config
+from spr.engine import EncodedQuery, MomentQuery, MomentSearch, SearchResult, UnknownCollection, coarse_moments
+from spr.limits import MAX_SEGMENTS_K, MAX_TOP_K
 from spr.metrics import GroundTruthMoment, PredictedMoment, RankingReport, dcg, evaluate_rankings
+from spr.refinement import Moment, RefinerLoadError
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +75,6 @@ DEFAULT_KS = (10, 20, 40)
 DEFAULT_IOUS = (0.3, 0.5, 0.7)
 # Per-query stages, in pipeline order (``features`` and ``refine`` only when refining).
 STAGES = ("embed", "ann", "catalog", "proposals", "features", "refine")
-MAX_SEGMENTS_K = 16384  # what the vector stores accept (services.search.MAX_SEGMENTS_K)
-# The refiner takes at most this many proposals per query (refiner.service.MAX_PROPOSALS);
-# the search service refines the best-ranked ones and so does evaluation.
-MAX_REFINE_PROPOSALS = 1000
-_EMBED_BATCH = 64
 
 UPPER_BOUND_READING = (
     "SPR section 4.6: a perfect refiner turns a padded proposal into the ground-truth moment it "
@@ -267,7 +265,7 @@ def load_eval_queries(path: str | os.PathLike[str]) -> list[EvalQuery]:
     """The queries of a TVR-Ranking file (JSONL, JSON array, or a JSON object holding the array;
     one record per query-moment pair with ``query_id``, ``query``, ``video_name``, ``timestamp``,
     ``duration``, ``relevance``), in first-seen order. Raises
-    :class:`spr.training.data.AnnotationError` (a ValueError) naming the file and line."""
+    :class:`spr.data.tvr_ranking.AnnotationError` (a ValueError) naming the file and line."""
     from spr.data.tvr_ranking import load_query_records
 
     records = load_query_records(path, require_relevance=True)
@@ -311,7 +309,7 @@ def upper_bound_relevances(
 
     * *perfect refinement*: a proposal that fully or partially contains a ground-truth moment
       ``g`` (same video, positive overlap) can be refined to ``g`` clipped to the proposal, since
-      the refiner's boundaries never leave the padded span (:func:`refiner.model.frame_spans_to_seconds`
+      the refiner's boundaries never leave the padded span (:func:`spr.models.refiner.frame_spans_to_seconds`
       clips them). That moment's IoU with ``g`` is ``|g & p| / |g|``, so it counts at ``mu`` iff
       that coverage is >= ``mu``: a fully contained ``g`` always counts, a partially contained one
       only at low enough ``mu``. This is why the paper's UB falls with ``mu`` and rises with tau_C;
@@ -446,27 +444,29 @@ class _Embedded:
     source: str
     random_parts: tuple[str, ...]
 
+    def query(self, index: int) -> EncodedQuery:
+        """Query ``index`` as the engine takes a query encoded by its caller."""
+        return EncodedQuery(self.search[index], self.refiner[index], self.projected, self.ms_per_query)
+
 
 def run_evaluation(
     config: Config,
     queries: str | os.PathLike[str] | Sequence[EvalQuery],
     options: EvalOptions = EvalOptions(),
     *,
-    refiner: Any = None,
+    search: MomentSearch,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
     """Run every query of ``queries`` (a TVR-Ranking file or loaded :class:`EvalQuery` s) through
-    the configured stores and score SP, SPR (unless ``options.refine`` is False) and the upper
-    bound. ``refiner``: an :class:`refiner.model.SPRClipRefiner` to use instead of loading
-    ``refiner.checkpoint``. ``progress(done, total)`` is called as queries finish.
+    ``search`` and score SP, SPR (unless ``options.refine`` is False) and the upper bound.
+
+    ``search`` is the engine over ``config``'s stores, with the refiner to score SPR (the
+    command line opens it, with the refiner in this process: :func:`spr.cli.eval.evaluate`); the
+    caller closes it. ``progress(done, total)`` is called as queries finish.
 
     Raises :class:`EvalError` for a setup that cannot work (unknown collection, dimensions that
-    do not fit), :class:`spr.training.data.AnnotationError` for a bad query or feature file."""
-    from spr.catalog import SegmentCatalog
-    from spr.features import FrameFeatureStore
-    from spr.proposals import gap_rule_from_config
-    from spr.stores import CollectionNotFound, open_vector_store
-
+    do not fit, a refiner that cannot load), :class:`spr.data.tvr_ranking.AnnotationError` for a
+    bad query or feature file."""
     _check_options(options)
     items = load_eval_queries(queries) if isinstance(queries, (str, os.PathLike)) else list(queries)
     if not items:
@@ -475,52 +475,20 @@ def run_evaluation(
     top_k = options.top_k_segments or config.proposals.top_k_segments
     if not 1 <= top_k <= MAX_SEGMENTS_K:
         raise EvalError(f"top-k segments must be in 1..{MAX_SEGMENTS_K}, got {top_k}")
-    pc = config.proposals
-    try:
-        gap_rule = gap_rule_from_config(pc.gap_rule, pc.max_missing_segments, pc.adaptive_alpha)
-    except ValueError as exc:
-        raise EvalError(f"proposals.gap_rule: {exc}") from None
+    if options.refine and search.refiner is None:
+        raise EvalError("refinement needs a refiner and the search has none; evaluate with --no-refine")
 
-    catalog = SegmentCatalog.from_config(config)
-    store = open_vector_store(config)
+    dim = _collection_dim(search, collection)
+    embedded = _embed_queries(config, items, options, collection, dim)
+    runner = _Runner(search, collection, top_k, options, embedded)
     try:
-        record = catalog.get_collection(collection)
-        if record is not None and record.backend != store.backend:
-            raise EvalError(
-                f"collection {collection!r} lives in the {record.backend} vector store; the configuration "
-                f"reads {store.backend} (vectors.backend)"
-            )
-        try:
-            dim = int(store.describe(collection).dim)
-        except CollectionNotFound:
-            known = ", ".join(sorted(store.list_collections())) or "none"
-            raise EvalError(
-                f"collection {collection!r} does not exist in the {store.backend} store (collections: {known}); "
-                f"pass --collection or import/ingest into it first"
-            ) from None
-        embedded = _embed_queries(config, items, options, collection, dim)
-        runner = _Runner(
-            config=config,
-            store=store,
-            catalog=catalog,
-            features=FrameFeatureStore(config.features_url) if options.refine else None,
-            collection=collection,
-            top_k=top_k,
-            gap_rule=gap_rule,
-            options=options,
-            embedded=embedded,
-            refiner=refiner,
-        )
-        try:
-            runner.warm_up()
-            t0 = time.perf_counter()
-            outcomes = runner.run(items, progress)
-            wall_s = time.perf_counter() - t0 - runner.load_s + embedded.ms_per_query * len(items) / 1e3
-        finally:
-            runner.close()
-    finally:
-        store.close()
-        catalog.close()
+        runner.warm_up()
+        t0 = time.perf_counter()
+        outcomes = runner.run(items, progress)
+    except RefinerLoadError as exc:
+        raise EvalError(str(exc)) from None
+    load_s = sum(o.timings_ms.pop("load", 0.0) for o in outcomes) / 1e3
+    wall_s = time.perf_counter() - t0 - load_s + embedded.ms_per_query * len(items) / 1e3
 
     ground_truth = {q.query_id: list(q.ground_truth) for q in items}
     ks, ious = list(options.ks), list(options.iou_thresholds)
@@ -534,9 +502,10 @@ def run_evaluation(
         ub = upper_bound_report({o.query_id: o.padded for o in outcomes}, ground_truth, ks, ious)
     except ValueError as exc:
         raise EvalError(str(exc)) from None
+    pc = config.proposals
     return EvalReport(
         collection=collection,
-        backend=store.backend,
+        backend=search.store.backend,
         num_queries=len(items),
         top_k_segments=top_k,
         max_moments=options.max_moments,
@@ -558,14 +527,33 @@ def run_evaluation(
 
 
 def _check_options(options: EvalOptions) -> None:
-    if options.max_moments < 1:
-        raise EvalError(f"max moments must be at least 1, got {options.max_moments}")
+    if not 1 <= options.max_moments <= MAX_TOP_K:
+        raise EvalError(f"max moments must be in 1..{MAX_TOP_K}, got {options.max_moments}")
     if options.workers < 1:
         raise EvalError(f"workers must be at least 1, got {options.workers}")
     if options.projected and not options.query_features:
         raise EvalError("--projected describes --query-features; pass the feature file too")
     if not options.ks or not options.iou_thresholds:
         raise EvalError("need at least one K and one IoU threshold")
+
+
+def _collection_dim(search: MomentSearch, collection: str) -> int:
+    """The collection's vector size, or an :class:`EvalError` saying how to fix the setup."""
+    store = search.store
+    record = search.catalog.get_collection(collection)
+    if record is not None and record.backend != store.backend:
+        raise EvalError(
+            f"collection {collection!r} lives in the {record.backend} vector store; the configuration "
+            f"reads {store.backend} (vectors.backend)"
+        )
+    try:
+        return search.collection_dim(collection)
+    except UnknownCollection:
+        known = ", ".join(sorted(store.list_collections())) or "none"
+        raise EvalError(
+            f"collection {collection!r} does not exist in the {store.backend} store (collections: {known}); "
+            f"pass --collection or import/ingest into it first"
+        ) from None
 
 
 def _embed_queries(
@@ -599,8 +587,8 @@ def _embed_queries(
         # Without a projector checkpoint queries pass through: the CLIP_mp baseline, not random weights.
         return _Embedded(search, raw, False, _per_query_ms(t0, items), source, ())
 
-    from spr.search.service import QueryEncoder
     from spr.models.clip import clip_feature_dim
+    from spr.models.query import QueryEncoder
 
     if not config.projector.checkpoint:  # queries stay CLIP-sized: refuse before loading CLIP
         try:
@@ -612,16 +600,12 @@ def _embed_queries(
         encoder = QueryEncoder.from_config(config)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:  # unknown model, weights not found
         raise EvalError(f"cannot load the query encoder: {exc}") from None
-    _check_dim(encoder.dim, dim, f"text queries ({encoder.clip.identity} + {encoder.projectors.identity})", collection)
+    _check_dim(encoder.dim, dim, f"text queries ({encoder.identity})", collection)
     t1 = time.perf_counter()  # the per-query cost excludes loading the models
-    texts = [q.text for q in items]
-    features = np.concatenate(
-        [encoder.clip.encode_texts(texts[i : i + _EMBED_BATCH]) for i in range(0, len(texts), _EMBED_BATCH)]
-    )
-    search = l2_normalize(_batched(encoder.projectors.project_texts, features))
-    source = f"text ({encoder.clip.identity} + {encoder.projectors.identity})"
+    features, search = encoder.encode_many([q.text for q in items])
+    source = f"text ({encoder.identity})"
     random_parts = ("CLIP",) if encoder.clip.random_weights else ()
-    return _Embedded(search, features.astype(np.float32), False, _per_query_ms(t1, items), source, random_parts)
+    return _Embedded(search, features, False, _per_query_ms(t1, items), source, random_parts)
 
 
 def _batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -650,44 +634,25 @@ def _text_projectors(config: Config, in_dim: int) -> Any:
 
 
 class _Runner:
-    """Runs queries on a thread pool; owns the refiner (loaded on first use) and its batcher."""
+    """Runs queries through the engine on a thread pool; each worker waits for its own
+    refinement, so the refiner sees up to ``workers`` queries at once, like the service under
+    load."""
 
     def __init__(
-        self, *, config, store, catalog, features, collection, top_k, gap_rule, options, embedded, refiner
+        self, search: MomentSearch, collection: str, top_k: int, options: EvalOptions, embedded: _Embedded
     ) -> None:
-        self.config = config
-        self.store = store
-        self.catalog = catalog
-        self.features = features
+        self.search = search
         self.collection = collection
         self.top_k = top_k
-        self.gap_rule = gap_rule
         self.options = options
         self.embedded = embedded
-        self._model = refiner
-        self._batcher = None
-        self._lock = threading.Lock()
-        self._failed: EvalError | None = None  # a refiner that cannot work fails every query alike
-        self.load_s = 0.0  # loading the refiner, on first use: in no stage's timing
-
-    @property
-    def refiner_name(self) -> str:
-        return "" if self._model is None else self._model.name
-
-    @property
-    def refiner_random(self) -> bool:
-        return bool(self._model is not None and self._model.random_weights)
-
-    def close(self) -> None:
-        if self._batcher is not None:
-            self._batcher.close()
+        self.refiner_name = ""  # the model that refined, as its answers name it
+        self.refiner_random = False
 
     def warm_up(self) -> None:
-        """One untimed search and catalog lookup, so that the first query's timings do not carry
-        an index load or a connection set-up."""
-        from spr.retrieval import retrieve_proposals
-
-        retrieve_proposals(self.store, self.catalog, self.collection, self.embedded.search[0], top_k=self.top_k)
+        """One untimed query, so that the first timed one carries no index load, connection
+        set-up or refiner load (an in-process refiner loads on first use)."""
+        self._search(0)
 
     def run(self, items: Sequence[EvalQuery], progress: Callable[[int, int], None] | None) -> list[QueryOutcome]:
         outcomes: list[QueryOutcome | None] = [None] * len(items)
@@ -711,148 +676,55 @@ class _Runner:
 
     # -- one query --------------------------------------------------------------------------
 
-    def one(self, index: int, query: EvalQuery) -> QueryOutcome:
-        from spr.retrieval import retrieve_proposals
-
-        coarse = retrieve_proposals(
-            self.store,
-            self.catalog,
-            self.collection,
-            self.embedded.search[index],
-            top_k=self.top_k,
-            gap_rule=self.gap_rule,
-            pad_s=self.config.proposals.pad_s,
+    def _search(self, index: int) -> SearchResult:
+        result = self.search.search(
+            MomentQuery(
+                encoded=self.embedded.query(index),
+                collection=self.collection,
+                top_k=self.options.max_moments,
+                segments_k=self.top_k,
+                refine=self.options.refine,
+            )
         )
-        timings = {"embed": self.embedded.ms_per_query, **coarse.timings_ms}
-        sp = [
-            PredictedMoment(p.video_key, p.start_s, p.end_s, float(p.best_score))
-            for p in coarse.proposals[: self.options.max_moments]
-        ]
+        if result.refinement is not None and result.refinement.model:
+            self.refiner_name = result.refinement.model
+            self.refiner_random = self.refiner_random or result.refinement.random_weights
+        return result
+
+    def one(self, index: int, query: EvalQuery) -> QueryOutcome:
+        result = self._search(index)
+        coarse = result.coarse
+        assert coarse is not None  # no filters: every search retrieves
+        timings = {stage: result.timings_ms[stage] for stage in ("embed", "ann", "catalog", "proposals")}
+        sp = [_predicted(m) for m in coarse_moments(coarse, self.options.max_moments)]
         outcome = QueryOutcome(query.query_id, sp, None, list(coarse.padded), timings)
         if self.options.refine:
-            self._refine(index, coarse, outcome)
+            _record_refinement(result, outcome)
         return outcome
 
-    def _refine(self, index: int, coarse: Any, outcome: QueryOutcome) -> None:
-        """Fill ``outcome.spr`` as a refined search would answer (SP where it would degrade)."""
-        from spr.refine.batching import RefineWork
-        from spr.refine.service import read_proposal_features
 
-        outcome.timings_ms["features"] = 0.0
-        outcome.timings_ms["refine"] = 0.0
-        pairs = list(zip(coarse.proposals, coarse.padded))[:MAX_REFINE_PROPOSALS]
-        if not pairs:
-            outcome.spr = []
-            return
-        if any(not (math.isfinite(p.start_s) and math.isfinite(p.end_s) and 0 <= p.start_s < p.end_s) for _, p in pairs):
-            return self._degrade(outcome, "a padded proposal is empty (the refiner refuses the call)")
-        t0 = time.perf_counter()
-        spans = [(coarse.location_of(p).video_id, padded.start_s, padded.end_s) for p, padded in pairs]
-        read = read_proposal_features(self.features, spans)
-        t1 = time.perf_counter()
-        outcome.timings_ms["features"] = (t1 - t0) * 1e3
-        kept = [(rank, padded, f) for rank, ((_, padded), f) in enumerate(zip(pairs, read)) if f is not None]
-        outcome.dropped = len(pairs) - len(kept)
-        if not kept:
-            return self._degrade(outcome, f"no frame features for any of its {len(pairs)} proposals")
-        dims = sorted({f.features.shape[1] for _, _, f in kept})
-        if len(dims) > 1:
-            raise EvalError(f"the frame features of one query's videos differ in size ({dims}): mixed CLIP models")
-        batcher = self._batcher_for(dims[0])
-        max_frames = batcher.model.shape.max_frames
-        if any(len(f.features) > max_frames for _, _, f in kept):
-            return self._degrade(outcome, f"a proposal spans more than the refiner's {max_frames} frames")
-        t2 = time.perf_counter()
-        work = RefineWork(self.embedded.refiner[index], [f.features for _, _, f in kept], self.embedded.projected)
-        result = batcher.submit(work).result()
-        outcome.timings_ms["refine"] = (time.perf_counter() - t2) * 1e3
-        outcome.batch_queries, outcome.batch_proposals = result.batch_queries, result.batch_proposals
-        outcome.spr = _refined_moments(kept, result)[: self.options.max_moments]
-
-    @staticmethod
-    def _degrade(outcome: QueryOutcome, reason: str) -> None:
-        outcome.degraded = reason
-        outcome.spr = list(outcome.sp)
-
-    def _batcher_for(self, in_dim: int) -> Any:
-        """The batcher, created with the refiner on first use (its input size is the frame
-        features' size, known once the first features are read)."""
-        with self._lock:
-            if self._failed is not None:
-                raise self._failed
-            if self._batcher is None:
-                try:
-                    self._start_batcher(in_dim)
-                except EvalError as exc:
-                    self._failed = exc
-                    raise
-            batcher = self._batcher
-        if in_dim != batcher.model.shape.in_dim:
-            raise EvalError(
-                f"frame features are {in_dim}-d but the refiner ({batcher.model.name}) takes "
-                f"{batcher.model.shape.in_dim}-d: features and refiner come from different CLIP models"
-            )
-        return batcher
-
-    def _start_batcher(self, in_dim: int) -> None:
-        """Load the refiner (unless given), check it fits the queries, start its batcher and run
-        one untimed forward pass (the first one pays for lazy initialisation)."""
-        from spr.refine.batching import DynamicBatcher, RefineWork
-        from spr.models.refiner import load_refiner
-        from spr.models.clip import resolve_device, resolve_precision
-
-        started = time.perf_counter()
-        rc = self.config.refiner
-        if self._model is None:
-            try:
-                self._model = load_refiner(rc.checkpoint, in_dim, resolve_device(rc.device))
-            except (ValueError, FileNotFoundError, RuntimeError) as exc:
-                raise EvalError(str(exc)) from None
-        model = self._model
-        device = str(model.device)
-        expected = model.query_dim(self.embedded.projected)
-        got = self.embedded.refiner.shape[1]
-        if got != expected:
-            kind = "projected embeddings" if self.embedded.projected else "CLIP text features"
-            raise EvalError(f"the refiner ({model.name}) takes {expected}-d {kind}; the queries give {got}-d")
-        if model.shape.in_dim != in_dim:
-            raise EvalError(
-                f"frame features are {in_dim}-d but the refiner ({model.name}) takes {model.shape.in_dim}-d: "
-                "features and refiner come from different CLIP models"
-            )
-        max_batch = rc.max_batch_proposals or (4096 if device.startswith("cuda") else 512)
-        batcher = DynamicBatcher(
-            model, max_batch, rc.max_wait_ms, rc.max_batch_frames, resolve_precision(rc.precision, device)
-        )
-        warm = np.zeros(expected, dtype=np.float32)
-        warm[0] = 1.0
-        batcher.refine(RefineWork(warm, [np.zeros((4, in_dim), dtype=np.float16)], self.embedded.projected))
-        self._batcher = batcher
-        self.load_s = time.perf_counter() - started
+def _record_refinement(result: SearchResult, outcome: QueryOutcome) -> None:
+    """SPR as a refined search answers it (the coarse proposals where it degrades), and what the
+    refiner reported: features read, proposals dropped, the batch it rode in. The ``refine``
+    stage is the refiner's call without its feature reads (its own stage) and without waiting
+    for the model to load (kept apart as ``load``, in no stage)."""
+    refinement = result.refinement
+    own = refinement.timings_ms if refinement is not None else {}
+    features_ms, load_ms = own.get("features", 0.0), own.get("load", 0.0)
+    outcome.timings_ms["features"] = features_ms
+    outcome.timings_ms["refine"] = max(0.0, result.timings_ms["refine"] - features_ms - load_ms) if result.refined else 0.0
+    if load_ms:
+        outcome.timings_ms["load"] = load_ms
+    outcome.spr = [_predicted(m) for m in result.moments]
+    outcome.degraded = result.degraded_reason
+    if refinement is not None:
+        outcome.dropped = refinement.dropped
+    if result.refined and refinement is not None:
+        outcome.batch_queries, outcome.batch_proposals = refinement.batch_queries, refinement.batch_proposals
 
 
-def _refined_moments(kept: Sequence[tuple[int, Any, Any]], result: Any) -> list[PredictedMoment]:
-    """Frame spans -> seconds inside each padded span and its video, best score first (ties by
-    coarse rank): what :class:`refiner.service.RefinerServicer` answers."""
-    from spr.models.refiner import place_refined
-
-    padded = [p for _, p, _ in kept]
-    features = [f for _, _, f in kept]
-    start_s, end_s, order = place_refined(
-        result.start_idx,
-        result.end_idx,
-        result.scores,
-        np.array([f.first_s for f in features]),
-        np.array([f.rate for f in features]),
-        np.array([p.start_s for p in padded]),
-        np.array([p.end_s for p in padded]),
-        np.array([p.video_duration_s for p in padded]),
-        np.array([rank for rank, _, _ in kept]),
-    )
-    return [
-        PredictedMoment(padded[i].video_key, float(start_s[i]), float(end_s[i]), float(result.scores[i]))
-        for i in order
-    ]
+def _predicted(moment: Moment) -> PredictedMoment:
+    return PredictedMoment(moment.video_key, moment.start_s, moment.end_s, float(moment.score))
 
 
 def _timing_summary(outcomes: Sequence[QueryOutcome], refined: bool) -> dict[str, dict[str, float]]:

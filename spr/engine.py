@@ -1,0 +1,563 @@
+"""The moment search engine: one query -> ranked moments (SPR sections 3.1.2, 3.2 and 3.3),
+with no transport in it. The gRPC search service, ``spr eval`` and an HTTP gateway are thin
+adapters over :class:`MomentSearch`: they turn their requests into a :class:`MomentQuery` and a
+:class:`SearchResult` into their answers, and map :class:`SearchRefused` to their error codes.
+
+One search runs these stages, each timed into :attr:`SearchResult.timings_ms`:
+
+``embed``
+    text through the CLIP text tower and the text projector (:class:`spr.models.query.QueryEncoder`,
+    loaded once), a client's ready embedding checked against the collection's dimension, or a
+    query the caller encoded itself (:class:`EncodedQuery`, e.g. ``spr eval``'s batches);
+``filter``
+    only with metadata filters: the catalog's matching ready videos;
+``ann``, ``catalog``, ``proposals``
+    :func:`spr.retrieval.retrieve_proposals`: ANN top-``segments_k``, one catalog round trip
+    (``ready`` videos only), adjacent segments merged and padded by tau_C;
+``refine``
+    the best :data:`spr.limits.MAX_REFINE_PROPOSALS` padded proposals through the
+    :class:`spr.refinement.Refiner` (in this process or over gRPC). A refiner that is down,
+    fails or is late never fails the search: the coarse proposals come back, ``degraded``, with
+    the reason.
+
+Limits come from :mod:`spr.limits`. Bad queries raise :class:`InvalidSearch`, an unknown
+collection :class:`UnknownCollection`, a query this engine cannot answer (no text encoder, a
+collection of another size or backend) :class:`UnservableSearch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from spr.catalog import SegmentCatalog
+from spr.config import Config
+from spr.limits import DEFAULT_TOP_K, MAX_REFINE_PROPOSALS, MAX_SEGMENTS_K, MAX_TEXT_CHARS, MAX_TOP_K
+from spr.proposals import GapRule, Proposal, gap_rule_from_config
+from spr.refinement import Moment, RefineCandidate, RefineFailed, Refinement, Refiner, RefineRequest
+from spr.retrieval import CoarseResult, retrieve_proposals
+from spr.stores import CollectionNotFound, SearchParams, VectorStore, index_spec_to_dict, l2_normalize
+
+if TYPE_CHECKING:
+    from spr.models.query import QueryEncoder
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "COLLECTION_CACHE_S",
+    "STORE_REFRESH_S",
+    "CollectionSummary",
+    "CorpusStats",
+    "EncodedQuery",
+    "InvalidSearch",
+    "MomentQuery",
+    "MomentSearch",
+    "SearchRefused",
+    "SearchResult",
+    "UnknownCollection",
+    "UnservableSearch",
+    "coarse_moments",
+    "refine_request",
+]
+
+# Collection shapes are looked up once per this many seconds, not once per query: on Milvus
+# a describe is a network round trip, and a collection's dimension never changes in place.
+COLLECTION_CACHE_S = 30.0
+# How often a local store (Faiss) looks for collections an ingest process flushed meanwhile;
+# a check is one small file read per collection, a reload happens only on change.
+STORE_REFRESH_S = 5.0
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+class SearchRefused(Exception):
+    """A search the engine refuses; ``message`` is for whoever sent it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidSearch(SearchRefused):
+    """The query itself is wrong (empty text, NaN, out-of-range ``top_k``, ...)."""
+
+
+class UnknownCollection(SearchRefused):
+    """No such collection."""
+
+
+class UnservableSearch(SearchRefused):
+    """A valid query this engine cannot answer as set up (no text encoder, a text encoder of
+    another size than the collection, a collection in another vector store)."""
+
+
+# --- queries and results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    """A query ready to search: ``embedding`` ``(dim,)`` the unit vector the index is searched
+    with; ``refiner_query`` what the refiner gets (the CLIP text feature ``(clip_dim,)`` for a
+    text, the embedding itself when ``projected``); ``embed_ms`` what encoding it cost."""
+
+    embedding: np.ndarray
+    refiner_query: np.ndarray
+    projected: bool
+    embed_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class MomentQuery:
+    """One search. Exactly one of ``text``, ``embedding`` (a ready joint-space query embedding of
+    the collection's dimension) or ``encoded`` (a query the caller encoded).
+
+    ``collection`` "" = the configured one; ``top_k`` moments and ``segments_k`` segments, 0 =
+    the defaults; ``nprobe``/``ef`` index search breadth (None or 0 = the index's); only videos
+    in ``video_keys`` (empty = all) whose catalog metadata has every ``metadata`` pair;
+    ``refine`` None = refine when a refiner is configured, True = a missing refiner degrades."""
+
+    text: str | None = None
+    embedding: Sequence[float] | np.ndarray | None = None
+    encoded: EncodedQuery | None = None
+    collection: str = ""
+    top_k: int = 0
+    segments_k: int = 0
+    nprobe: int | None = None
+    ef: int | None = None
+    video_keys: Sequence[str] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    refine: bool | None = None
+
+
+@dataclass
+class SearchResult:
+    """What a search answers: ``moments`` best first (refined when ``refined``, else the coarse
+    proposals scored by their best segment); ``degraded_reason`` why refinement was wanted and
+    did not happen (empty: it did, or was not wanted); per-stage ``timings_ms``.
+
+    ``coarse`` (the proposals, unpadded and padded; None when filters matched no video) and
+    ``refinement`` (the refiner's own answer, also when it dropped every proposal) are there for
+    callers that need more than the moments, such as ``spr eval``."""
+
+    collection: str
+    moments: list[Moment] = field(default_factory=list)
+    refined: bool = False
+    degraded_reason: str = ""
+    random_weights: bool = False
+    segments_retrieved: int = 0
+    proposals: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    coarse: CoarseResult | None = None
+    refinement: Refinement | None = None
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_reason)
+
+
+@dataclass(frozen=True)
+class CollectionSummary:
+    """One collection as the catalog registered it and the store sees it; ``vectors`` is -1 when
+    this engine's store cannot count it (another backend, or missing)."""
+
+    name: str
+    backend: str
+    dim: int
+    metric: str
+    index_kind: str
+    index_params: dict[str, str]
+    vectors: int
+    feature_model: str
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    """Collections, videos per catalog status, and catalog segments."""
+
+    collections: list[CollectionSummary]
+    videos: dict[str, int]
+    segments: int
+
+
+# --- the engine ----------------------------------------------------------------------------------
+
+
+class MomentSearch:
+    """Answers :class:`MomentQuery` s over one catalog, one vector store, an optional text
+    ``encoder`` and an optional ``refiner``; thread-safe (one engine serves many threads). It owns
+    all four: :meth:`close` closes them."""
+
+    def __init__(
+        self,
+        config: Config,
+        catalog: SegmentCatalog,
+        store: VectorStore,
+        encoder: "QueryEncoder | None" = None,
+        refiner: Refiner | None = None,
+    ) -> None:
+        pc = config.proposals
+        try:
+            self.gap_rule: GapRule = gap_rule_from_config(pc.gap_rule, pc.max_missing_segments, pc.adaptive_alpha)
+        except ValueError as exc:
+            raise ValueError(f"proposals.gap_rule: {exc}") from None
+        self.config = config
+        self.catalog = catalog
+        self.store = store
+        self.encoder = encoder
+        self.refiner = refiner
+        self._dims: dict[str, tuple[int, float]] = {}  # collection -> (dim, looked up at)
+        self._dims_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    @classmethod
+    def open(cls, config: Config, encoder: "QueryEncoder | None" = None, refiner: Refiner | None = None) -> "MomentSearch":
+        """The engine over the catalog and the vector store of ``config``."""
+        from spr.stores import open_vector_store
+
+        catalog = SegmentCatalog.from_config(config)
+        try:
+            store = open_vector_store(config)
+            try:
+                return cls(config, catalog, store, encoder, refiner)
+            except BaseException:
+                store.close()
+                raise
+        except BaseException:
+            catalog.close()
+            raise
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the text encoder runs on untrained or random weights."""
+        return bool(self.encoder is not None and self.encoder.random_weights)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start_refreshing(self, interval_s: float = STORE_REFRESH_S) -> None:
+        """Pick up new ingests every ``interval_s`` seconds in a background thread, off the
+        query path (:meth:`refresh_store`); stopped by :meth:`close`."""
+        if self._refresher is None and interval_s > 0:
+            self._refresher = threading.Thread(
+                target=self._refresh_loop, args=(interval_s,), name="search-refresh", daemon=True
+            )
+            self._refresher.start()
+
+    def refresh_store(self) -> list[str]:
+        """Reload the collections other processes flushed since we loaded them; their names."""
+        reloaded = self.store.refresh()
+        for name in reloaded:
+            self._forget(name)
+        if reloaded:
+            log.info("reloaded collections changed by another process", extra={"collections": reloaded})
+        return reloaded
+
+    def _refresh_loop(self, interval_s: float) -> None:
+        while not self._closing.wait(interval_s):
+            try:
+                self.refresh_store()
+            except Exception:
+                log.warning("refreshing the vector store failed; searching the copy already loaded", exc_info=True)
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._refresher is not None:
+            self._refresher.join()
+        if self.refiner is not None:
+            self.refiner.close()
+        self.store.close()
+        self.catalog.close()
+
+    def __enter__(self) -> "MomentSearch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- search ---------------------------------------------------------------------------------
+
+    def search(self, query: MomentQuery) -> SearchResult:
+        """The whole query path for one query (raises :class:`SearchRefused` to refuse it)."""
+        t_start = time.perf_counter()
+        top_k = _bounded("top_k", query.top_k, DEFAULT_TOP_K, MAX_TOP_K)
+        segments_k = _bounded("segments_k", query.segments_k, self.config.proposals.top_k_segments, MAX_SEGMENTS_K)
+        params = _search_params(query.nprobe, query.ef)
+        _check_query(query)
+        collection = query.collection or self.config.vectors.collection
+        dim = self.collection_dim(collection)
+        encoded = self._encode(query, collection, dim)
+
+        timings = {"embed": encoded.embed_ms, "ann": 0.0, "catalog": 0.0, "proposals": 0.0, "refine": 0.0}
+        result = SearchResult(collection=collection, random_weights=self.random_weights, timings_ms=timings)
+        video_keys = self._video_filter(query, timings)
+        if video_keys is not None and not video_keys:
+            # Filters that match no video: nothing to search, and nothing has failed.
+            return _finish(result, t_start)
+
+        coarse = self._retrieve(collection, encoded.embedding, segments_k, params, video_keys)
+        timings.update(coarse.timings_ms)
+        result.coarse = coarse
+        result.segments_retrieved = len(coarse.segments)
+        result.proposals = len(coarse.proposals)
+
+        refinement = self._refine(query, encoded, coarse, result)
+        if refinement is not None:
+            result.moments = list(refinement.moments[:top_k])
+            result.refined = True
+        else:
+            result.moments = coarse_moments(coarse, top_k)
+        return _finish(result, t_start)
+
+    def _encode(self, query: MomentQuery, collection: str, dim: int) -> EncodedQuery:
+        """The checked query as a ``(dim,)`` unit vector for a collection of ``dim``-d vectors."""
+        t0 = time.perf_counter()
+        if query.encoded is not None:
+            if np.shape(query.encoded.embedding) != (dim,):
+                raise InvalidSearch(
+                    f"encoded query has {np.size(query.encoded.embedding)} values; collection {collection!r} needs {dim}"
+                )
+            return query.encoded
+        if query.text is not None:
+            encoder = self.encoder
+            if encoder is None:
+                raise UnservableSearch("this search has no text encoder; search with an embedding")
+            if encoder.dim != dim:
+                raise UnservableSearch(
+                    f"collection {collection!r} holds {dim}-d vectors but this service's text encoder "
+                    f"gives {encoder.dim}-d queries; search it with an embedding or serve it "
+                    f"with the CLIP model and projector that built it",
+                )
+            feature, embedding = encoder.encode(query.text)
+            return EncodedQuery(embedding, feature, False, (time.perf_counter() - t0) * 1e3)
+        values = np.asarray(query.embedding, dtype=np.float32)
+        if values.shape != (dim,):
+            raise InvalidSearch(f"embedding has {values.size} values; collection {collection!r} needs {dim}")
+        embedding = l2_normalize(values)
+        return EncodedQuery(embedding, embedding, True, (time.perf_counter() - t0) * 1e3)
+
+    def _video_filter(self, query: MomentQuery, timings: dict[str, float]) -> list[str] | None:
+        """The videos a query may see: its ``video_keys`` intersected with the ready videos
+        whose metadata matches (None when it sets neither: all videos)."""
+        keys = list(dict.fromkeys(query.video_keys)) if query.video_keys else None
+        if keys is not None and not all(keys):
+            raise InvalidSearch("video_keys contains an empty key")
+        if not query.metadata:
+            return keys
+        t0 = time.perf_counter()
+        try:
+            matching = self.catalog.video_keys_matching(dict(query.metadata))
+        except ValueError as exc:
+            raise InvalidSearch(str(exc)) from None
+        timings["filter"] = (time.perf_counter() - t0) * 1e3
+        if keys is None:
+            return matching
+        allowed = set(matching)
+        return [k for k in keys if k in allowed]
+
+    def _retrieve(
+        self,
+        collection: str,
+        embedding: np.ndarray,
+        segments_k: int,
+        params: SearchParams | None,
+        video_keys: list[str] | None,
+    ) -> CoarseResult:
+        try:
+            return retrieve_proposals(
+                self.store,
+                self.catalog,
+                collection,
+                embedding,
+                top_k=segments_k,
+                params=params,
+                gap_rule=self.gap_rule,
+                pad_s=self.config.proposals.pad_s,
+                video_keys=video_keys,
+            )
+        except CollectionNotFound as exc:
+            self._forget(collection)  # dropped since we cached its shape
+            raise UnknownCollection(str(exc)) from None
+
+    def _refine(
+        self, query: MomentQuery, encoded: EncodedQuery, coarse: CoarseResult, result: SearchResult
+    ) -> Refinement | None:
+        """The refiner's answer, or None (``result.degraded_reason`` set when it was wanted and
+        did not come)."""
+        if query.refine is False:
+            return None
+        if self.refiner is None:
+            if query.refine:
+                result.degraded_reason = "no refiner configured"
+            return None
+        if not coarse.padded:
+            return None  # nothing to refine
+        t0 = time.perf_counter()
+        try:
+            refinement = self.refiner.refine(refine_request(encoded, coarse))
+        except RefineFailed as exc:
+            result.degraded_reason = exc.message
+            return None
+        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        result.refinement = refinement
+        if not refinement.moments:
+            result.degraded_reason = f"the refiner dropped all {len(coarse.padded)} proposals (no frame features)"
+            return None
+        result.random_weights = result.random_weights or refinement.random_weights
+        result.timings_ms["refine"] = elapsed_ms
+        return refinement
+
+    # -- collections ----------------------------------------------------------------------------
+
+    def collection_dim(self, name: str) -> int:
+        """The vector size of collection ``name``; :class:`UnknownCollection` when neither the
+        catalog nor the store knows it, :class:`UnservableSearch` when it lives in another store."""
+        now = time.monotonic()
+        with self._dims_lock:
+            cached = self._dims.get(name)
+        if cached is not None and now - cached[1] < COLLECTION_CACHE_S:
+            return cached[0]
+        record = self.catalog.get_collection(name)
+        if record is not None and record.backend != self.store.backend:
+            raise UnservableSearch(
+                f"collection {name!r} lives in the {record.backend} vector store; this service reads {self.store.backend}",
+            )
+        try:
+            dim = self.store.describe(name).dim
+        except CollectionNotFound:
+            raise UnknownCollection(
+                f"collection {name!r} does not exist; ingest videos into it (`spr ingest`) or search another",
+            ) from None
+        with self._dims_lock:
+            self._dims[name] = (int(dim), now)
+        return int(dim)
+
+    def _forget(self, name: str) -> None:
+        with self._dims_lock:
+            self._dims.pop(name, None)
+
+    def collection_stats(self, collection: str = "") -> CorpusStats:
+        """Every collection (or only ``collection``; :class:`UnknownCollection` when there is no
+        such one), the catalog's videos per status and its segment count."""
+        records = {r.name: r for r in self.catalog.list_collections()}
+        names = sorted(set(records) | set(self.store.list_collections()))
+        if collection:
+            if collection not in names:
+                raise UnknownCollection(f"collection {collection!r} does not exist")
+            names = [collection]
+        return CorpusStats(
+            collections=[self._summary(name, records.get(name)) for name in names],
+            videos=dict(self.catalog.count_by_status()),
+            segments=self.catalog.segment_count(),
+        )
+
+    def _summary(self, name: str, record: Any) -> CollectionSummary:
+        """Catalog record (when registered) plus the store's own view."""
+        info = None
+        if (record is None or record.backend == self.store.backend) and self.store.has_collection(name):
+            info = self.store.describe(name)
+        spec = dict(record.index_spec) if record is not None else index_spec_to_dict(info.index)
+        return CollectionSummary(
+            name=name,
+            backend=record.backend if record is not None else self.store.backend,
+            dim=record.dim if record is not None else info.dim,
+            metric=record.metric if record is not None else info.metric,
+            index_kind=str(spec.pop("kind", "")),
+            index_params={k: str(v) for k, v in spec.items()},
+            vectors=info.count if info is not None else -1,
+            feature_model=(record.feature_model or "") if record is not None else "",
+        )
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def refine_request(encoded: EncodedQuery, coarse: CoarseResult) -> RefineRequest:
+    """The best :data:`~spr.limits.MAX_REFINE_PROPOSALS` padded proposals of ``coarse`` with their
+    catalog video ids, ``coarse_rank`` = position in the coarse ranking."""
+    candidates = []
+    pairs = zip(coarse.proposals[:MAX_REFINE_PROPOSALS], coarse.padded[:MAX_REFINE_PROPOSALS])
+    for rank, (proposal, padded) in enumerate(pairs):
+        location = coarse.location_of(proposal)
+        candidates.append(
+            RefineCandidate(
+                video_id=location.video_id,
+                video_key=proposal.video_key,
+                uri=location.uri,
+                start_s=padded.start_s,
+                end_s=padded.end_s,
+                coarse_rank=rank,
+                video_duration_s=proposal.video_duration_s,
+                coarse_start_s=proposal.start_s,
+                coarse_end_s=proposal.end_s,
+            )
+        )
+    return RefineRequest(np.asarray(encoded.refiner_query, dtype=np.float32), candidates, encoded.projected)
+
+
+def coarse_moments(coarse: CoarseResult, top_k: int) -> list[Moment]:
+    """The first ``top_k`` unpadded proposals as moments, scored by their best segment."""
+    return [_coarse_moment(rank, p, coarse.location_of(p).uri) for rank, p in enumerate(coarse.proposals[:top_k])]
+
+
+def _coarse_moment(rank: int, proposal: Proposal, uri: str) -> Moment:
+    return Moment(
+        video_key=proposal.video_key,
+        uri=uri,
+        start_s=proposal.start_s,
+        end_s=proposal.end_s,
+        score=float(proposal.best_score),
+        coarse_rank=rank,
+        coarse_start_s=proposal.start_s,
+        coarse_end_s=proposal.end_s,
+        video_duration_s=proposal.video_duration_s,
+    )
+
+
+def _bounded(name: str, value: int, default: int, maximum: int) -> int:
+    """``value`` when in ``[1, maximum]``, ``default`` for 0, :class:`InvalidSearch` otherwise."""
+    if value == 0:
+        return default
+    if not 1 <= value <= maximum:
+        raise InvalidSearch(f"{name}={value} is out of range; use 1..{maximum} (0 = default {default})")
+    return value
+
+
+def _search_params(nprobe: int | None, ef: int | None) -> SearchParams | None:
+    if nprobe is None and ef is None:
+        return None
+    try:
+        return SearchParams(nprobe=nprobe or None, ef=ef or None)
+    except ValueError as exc:
+        raise InvalidSearch(str(exc)) from None
+
+
+def _check_query(query: MomentQuery) -> None:
+    """What can be checked without the collection: one query, sane text, finite values."""
+    given = [name for name in ("text", "embedding", "encoded") if getattr(query, name) is not None]
+    if not given:
+        raise InvalidSearch("no query: set `text` or `embedding`")
+    if len(given) > 1:
+        raise InvalidSearch(f"one query per search; got {' and '.join(given)}")
+    if query.text is not None:
+        if not query.text.strip():
+            raise InvalidSearch("query text is empty")
+        if len(query.text) > MAX_TEXT_CHARS:
+            raise InvalidSearch(f"query text has {len(query.text)} characters; at most {MAX_TEXT_CHARS} are allowed")
+        return
+    values = np.asarray(query.encoded.embedding if query.encoded is not None else query.embedding, dtype=np.float32)
+    if not np.isfinite(values).all():
+        raise InvalidSearch("embedding contains NaN or infinity")
+    if values.size and not np.any(values):
+        raise InvalidSearch("embedding is all zeros")
+
+
+def _finish(result: SearchResult, t_start: float) -> SearchResult:
+    result.timings_ms["total"] = (time.perf_counter() - t_start) * 1e3
+    return result

@@ -1,0 +1,62 @@
+"""The limits of the query path, in one place: every adapter (the gRPC search and refiner
+services, ``spr eval``, an HTTP gateway) and the core engine read them from here, so a request
+refused by one is refused by all, with the same numbers in the message.
+
+They bound one request's memory and time; none of them is a tuning knob (those live in
+:mod:`spr.config`).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_TOP_K",
+    "MAX_REFINE_PROPOSALS",
+    "MAX_SEGMENTS_K",
+    "MAX_TEXT_CHARS",
+    "MAX_TOP_K",
+    "MAX_VIDEO_KEY_LENGTH",
+    "QUERY_EMBED_BATCH",
+    "REFINE_WAIT_S",
+    "default_batch_proposals",
+]
+
+# --- one search --------------------------------------------------------------------------------
+
+# Characters of a text query: CLIP reads 77 tokens, so anything longer is a mistake or abuse.
+MAX_TEXT_CHARS = 1000
+# Moments a search answers (0 in a request means DEFAULT_TOP_K).
+DEFAULT_TOP_K = 10
+MAX_TOP_K = 1000
+# Segments one ANN search may return: the most both vector stores accept (Milvus's topk cap;
+# spr.stores.base.check_queries refuses more).
+MAX_SEGMENTS_K = 16384
+# Proposals one refine call carries. A query has ~100 (top-200 segments merged); the engine sends
+# the best-ranked ones, the rest could never make a top_k <= MAX_TOP_K anyway, and the refiner
+# refuses more.
+MAX_REFINE_PROPOSALS = MAX_TOP_K
+
+# --- keys ---------------------------------------------------------------------------------------
+
+# A video key's length: the catalog's String(512) column counts characters, Milvus's VARCHAR field
+# UTF-8 bytes; ingest checks the bytes, which bounds both.
+MAX_VIDEO_KEY_LENGTH = 512
+
+# --- the refiner ---------------------------------------------------------------------------------
+
+# Without a caller's deadline, a refine call still gives up eventually rather than hold a thread.
+REFINE_WAIT_S = 60.0
+# Proposals per dynamic batch when refiner.max_batch_proposals is 0 (auto): on a GPU a
+# 500-proposal batch took 13 ms and the queue, not the model, limited throughput.
+_BATCH_PROPOSALS_GPU = 4096
+_BATCH_PROPOSALS_CPU = 512
+
+# --- spr eval ------------------------------------------------------------------------------------
+
+# Query texts per CLIP forward pass when a whole query file is embedded up front.
+QUERY_EMBED_BATCH = 64
+
+
+def default_batch_proposals(device: str) -> int:
+    """The dynamic batcher's proposal cap on ``device`` ("cuda", "cuda:1", "cpu", ...) when the
+    configuration leaves it to us (``refiner.max_batch_proposals = 0``)."""
+    return _BATCH_PROPOSALS_GPU if str(device).startswith("cuda") else _BATCH_PROPOSALS_CPU

@@ -1,0 +1,195 @@
+"""The refiner over gRPC: :class:`GrpcRefiner`, a :class:`spr.refinement.Refiner` that calls
+``spr.v1.RefinerService/Refine``, and the one mapping between the core's refinement types and
+the wire messages (used by this client and by the refiner's gRPC service alike).
+
+The wire format carries visual features only (``refiner.proto`` has no modality field), so a
+request for another modality is refused here rather than silently refined as video.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import numpy as np
+
+from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc
+from spr.config import SecurityConfig
+from spr.grpc_security import client_metadata, open_channel
+from spr.refinement import VISUAL, Moment, RefineCandidate, RefineFailed, Refinement, RefineRequest
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "GrpcRefiner",
+    "STATUS_OF_FAILURE",
+    "moment_from_pb",
+    "moment_to_pb",
+    "refinement_from_pb",
+    "refinement_to_pb",
+    "request_from_pb",
+    "request_to_pb",
+]
+
+# How the refiner service answers a RefineFailed, and how this client reads the status back.
+STATUS_OF_FAILURE = {
+    "invalid": grpc.StatusCode.INVALID_ARGUMENT,
+    "precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "timeout": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+_FAILURE_OF_STATUS = {code: kind for kind, code in STATUS_OF_FAILURE.items()}
+
+
+class GrpcRefiner:
+    """One long-lived channel to a refiner service (gRPC reconnects it by itself after an
+    outage). Every call runs under ``timeout_ms`` unless the caller gives a shorter deadline;
+    every failure (down, late, refusing) is a :class:`RefineFailed` naming the target."""
+
+    def __init__(self, target: str, security: SecurityConfig | None = None, timeout_ms: float = 2000.0) -> None:
+        security = security if security is not None else SecurityConfig()
+        self.target = target
+        self.timeout_ms = float(timeout_ms)
+        self._channel = open_channel(target, security)
+        self._stub = refiner_pb2_grpc.RefinerServiceStub(self._channel)
+        self._metadata = client_metadata(security)
+
+    def refine(self, request: RefineRequest, timeout_s: float | None = None) -> Refinement:
+        if request.modality != VISUAL:
+            raise RefineFailed(
+                "invalid", f"the refiner at {self.target} reads {VISUAL} features only, not {request.modality!r}"
+            )
+        deadline_ms = self.timeout_ms if timeout_s is None else timeout_s * 1e3
+        try:
+            response = self._stub.Refine(request_to_pb(request), timeout=deadline_ms / 1e3, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            failure = self._failure(exc, deadline_ms)
+            log.warning("refinement skipped: %s", failure, extra={"refiner": self.target})
+            raise failure from None
+        return refinement_from_pb(response)
+
+    def _failure(self, exc: grpc.RpcError, deadline_ms: float) -> RefineFailed:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = (exc.details() if hasattr(exc, "details") else "") or ""
+        kind = _FAILURE_OF_STATUS.get(code, "internal")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return RefineFailed(kind, f"refiner at {self.target} timed out after {deadline_ms:g} ms")
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return RefineFailed(kind, f"refiner at {self.target} is unavailable: {_first_line(details)}")
+        name = code.name if code is not None else "unknown error"
+        return RefineFailed(kind, f"refiner at {self.target} failed with {name}: {_first_line(details)}")
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "GrpcRefiner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- core <-> wire -------------------------------------------------------------------------------
+
+
+def moment_to_pb(moment: Moment) -> moments_pb2.Moment:
+    return moments_pb2.Moment(
+        video_key=moment.video_key,
+        uri=moment.uri,
+        start_s=moment.start_s,
+        end_s=moment.end_s,
+        score=moment.score,
+        coarse_rank=moment.coarse_rank,
+        coarse_start_s=moment.coarse_start_s,
+        coarse_end_s=moment.coarse_end_s,
+        video_duration_s=moment.video_duration_s,
+    )
+
+
+def moment_from_pb(pb: moments_pb2.Moment) -> Moment:
+    return Moment(
+        video_key=pb.video_key,
+        uri=pb.uri,
+        start_s=pb.start_s,
+        end_s=pb.end_s,
+        score=pb.score,
+        coarse_rank=pb.coarse_rank,
+        coarse_start_s=pb.coarse_start_s,
+        coarse_end_s=pb.coarse_end_s,
+        video_duration_s=pb.video_duration_s,
+    )
+
+
+def request_to_pb(request: RefineRequest) -> refiner_pb2.RefineRequest:
+    return refiner_pb2.RefineRequest(
+        query=moments_pb2.Embedding(values=np.asarray(request.query, dtype=np.float32).tolist()),
+        proposals=[
+            refiner_pb2.RefineProposal(
+                video_id=c.video_id,
+                video_key=c.video_key,
+                start_s=c.start_s,
+                end_s=c.end_s,
+                coarse_rank=c.coarse_rank,
+                video_duration_s=c.video_duration_s,
+                uri=c.uri,
+                coarse_start_s=c.coarse_start_s,
+                coarse_end_s=c.coarse_end_s,
+            )
+            for c in request.candidates
+        ],
+        query_projected=request.query_projected,
+    )
+
+
+def request_from_pb(pb: refiner_pb2.RefineRequest) -> RefineRequest:
+    """The wire request as the core's; its features are visual (the only ones on the wire)."""
+    return RefineRequest(
+        query=np.asarray(pb.query.values, dtype=np.float32),
+        candidates=[
+            RefineCandidate(
+                video_id=p.video_id,
+                video_key=p.video_key,
+                uri=p.uri,
+                start_s=p.start_s,
+                end_s=p.end_s,
+                coarse_rank=p.coarse_rank,
+                video_duration_s=p.video_duration_s,
+                coarse_start_s=p.coarse_start_s,
+                coarse_end_s=p.coarse_end_s,
+            )
+            for p in pb.proposals
+        ],
+        query_projected=pb.query_projected,
+        modality=VISUAL,
+    )
+
+
+def refinement_to_pb(refinement: Refinement) -> refiner_pb2.RefineResponse:
+    response = refiner_pb2.RefineResponse(
+        model=refinement.model,
+        random_weights=refinement.random_weights,
+        dropped=refinement.dropped,
+        batch_proposals=refinement.batch_proposals,
+        batch_queries=refinement.batch_queries,
+    )
+    response.moments.extend(moment_to_pb(m) for m in refinement.moments)
+    response.timings_ms.update(refinement.timings_ms)
+    return response
+
+
+def refinement_from_pb(pb: refiner_pb2.RefineResponse) -> Refinement:
+    return Refinement(
+        moments=[moment_from_pb(m) for m in pb.moments],
+        model=pb.model,
+        random_weights=pb.random_weights,
+        dropped=pb.dropped,
+        batch_proposals=pb.batch_proposals,
+        batch_queries=pb.batch_queries,
+        timings_ms=dict(pb.timings_ms),
+    )
+
+
+def _first_line(text: str) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else "no details"
+    return line[:300]
