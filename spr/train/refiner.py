@@ -274,7 +274,7 @@ def examples_from_stores(
     max_proposals: int = 24,
 ) -> list[RefinerExample]:
     """Training examples the way the refiner meets queries: each record's (a
-    :class:`spr.training.data.QueryRecord`) coarse proposals from the configured stores (ANN
+    :class:`spr.data.tvr_ranking.QueryRecord`) coarse proposals from the configured stores (ANN
     top-k -> catalog -> proposals -> tau_C padding), their frame features from the feature store,
     labelled with the record's moments.
 

@@ -1,5 +1,5 @@
 """Optimiser, learning-rate schedule, seeding and resumable training state, shared by every
-trainer (``spr train projector`` here, the refiner's trainer in :mod:`refiner.training`).
+trainer (``spr train projector`` here, the refiner's trainer in :mod:`spr.train.refiner`).
 
 SPR section 4.2 trains with AdamW (lr 5e-4, weight decay 1e-3), gradient clipping at 5.0 and a
 cosine schedule with warm-up; the defaults live in :class:`spr.config.TrainConfig`.
