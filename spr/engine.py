@@ -424,7 +424,7 @@ class MomentSearch:
         if cached is not None and now - cached[1] < COLLECTION_CACHE_S:
             return cached[0]
         record = self.catalog.get_collection(name)
-        if record is not None and record.backend != self.store.backend:
+        if record is not None and not self.store.holds(record):
             raise UnservableSearch(
                 f"collection {name!r} lives in the {record.backend} vector store; this service reads {self.store.backend}",
             )
@@ -460,7 +460,7 @@ class MomentSearch:
     def _summary(self, name: str, record: Any) -> CollectionSummary:
         """Catalog record (when registered) plus the store's own view."""
         info = None
-        if (record is None or record.backend == self.store.backend) and self.store.has_collection(name):
+        if (record is None or self.store.holds(record)) and self.store.has_collection(name):
             info = self.store.describe(name)
         spec = dict(record.index_spec) if record is not None else index_spec_to_dict(info.index)
         return CollectionSummary(

@@ -427,6 +427,9 @@ def test_an_unexpected_failure_is_internal_without_a_traceback(start_variant, co
         def describe(self, name):
             return self.inner.describe(name)
 
+        def holds(self, record):
+            return self.inner.holds(record)
+
         def search(self, *args, **kwargs):
             raise RuntimeError("disk on fire at /secret/path")
 

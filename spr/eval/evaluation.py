@@ -541,7 +541,7 @@ def _collection_dim(search: MomentSearch, collection: str) -> int:
     """The collection's vector size, or an :class:`EvalError` saying how to fix the setup."""
     store = search.store
     record = search.catalog.get_collection(collection)
-    if record is not None and record.backend != store.backend:
+    if record is not None and not store.holds(record):
         raise EvalError(
             f"collection {collection!r} lives in the {record.backend} vector store; the configuration "
             f"reads {store.backend} (vectors.backend)"
