@@ -15,7 +15,6 @@ of the configuration, the catalog's ``index_spec`` column and each backend's sto
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Mapping, Union
 
@@ -192,10 +191,6 @@ def index_spec_from_config(spec: IndexSpec | Mapping[str, Any]) -> IndexSpec:
 
 def index_spec_to_dict(spec: IndexSpec) -> dict[str, Any]:
     return {"kind": spec.kind.value, **asdict(spec)}
-
-
-def index_spec_to_json(spec: IndexSpec) -> str:
-    return json.dumps(index_spec_to_dict(spec), sort_keys=True)
 
 
 def check_metric(metric: str) -> str:
