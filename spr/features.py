@@ -35,6 +35,8 @@ import numpy as np
 from .segments import span_rows
 
 __all__ = [
+    "SPEECH",
+    "SUBTITLES",
     "VISUAL",
     "FeatureNotFound",
     "FrameFeatureStore",
@@ -49,6 +51,8 @@ __all__ = [
 # needs no change to the core's types.
 Modality = str
 VISUAL: Modality = "visual"  # CLIP frame features, the projector's segment input
+SPEECH: Modality = "speech"  # what is said: ASR of the audio (spr.text_tracks)
+SUBTITLES: Modality = "subtitles"  # what is written: embedded or sidecar subtitles
 _MODALITY_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 _DATASET = "features"
