@@ -9,7 +9,8 @@ slice reads only the rows it needs, so an hour-long video costs a proposal a few
 A modality is a name (:data:`VISUAL` for CLIP frame features, the only one today; a speech or
 subtitle encoder adds its own name and nothing here changes). The visual features live where
 they always did, ``<shard>/<video id>.h5``; another modality ``m`` beside them in
-``<shard>/<video id>.<m>.h5``.
+``<shard>/<video id>.<m>.h5``. A text track's transcript (:class:`spr.text_tracks.Transcript`, its
+cues and words with their timings) is JSON in ``<shard>/<video id>.<track>.transcript.json``.
 
 The root is a local directory (the embedded default, ``<data_dir>/features``) or any fsspec
 URL (``s3://bucket/prefix``, ``memory://`` in tests). Writes are atomic on both: a local file
@@ -20,6 +21,7 @@ itself. A crash mid-write therefore leaves either the old file or none, never a 
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import re
@@ -29,10 +31,14 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .segments import span_rows
+
+if TYPE_CHECKING:  # spr.text_tracks imports this module
+    from .text_tracks import Transcript
 
 __all__ = [
     "SPEECH",
@@ -57,6 +63,7 @@ _MODALITY_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 _DATASET = "features"
 _SUFFIX = ".h5"
+_TRANSCRIPT_SUFFIX = ".transcript.json"
 # Videos are spread over 256 sub-directories: object stores list faster and local
 # directories stay small at a million videos.
 _SHARDS = 256
@@ -155,8 +162,10 @@ class FrameFeatureStore:
         feats16 = feats.astype(np.float16)
         if not np.isfinite(feats16).all():
             raise ValueError(f"features of video {video_id} contain NaN or infinity (or overflow float16)")
-        data = _encode(feats16, float(rate), model)
-        final = self.path(video_id, modality)
+        self._put(self.path(video_id, modality), _encode(feats16, float(rate), model))
+
+    def _put(self, final: str, data: bytes) -> None:
+        """Write ``data`` to ``final`` atomically: the old file or the new one, never a torn one."""
         if self._local:
             Path(final).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
@@ -169,13 +178,25 @@ class FrameFeatureStore:
             self._fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
             self._fs.pipe_file(final, data)
 
+    def write_transcript(self, video_id: int, transcript: "Transcript") -> None:
+        """Store one video's transcript of ``transcript.track`` (JSON of
+        :meth:`~spr.text_tracks.Transcript.to_dict`), replacing the one it had."""
+        data = json.dumps(transcript.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        self._put(self.transcript_path(video_id, transcript.track), data)
+
     def delete(self, video_id: int, modality: Modality | None = None) -> bool:
-        """Remove one video's features of ``modality``, or of every modality when None (what
-        deleting a video needs); False if there were none."""
-        modalities = [modality] if modality is not None else self.modalities(video_id)
+        """Remove one video's features and transcript of ``modality``, or of every modality
+        when None (what deleting a video needs); False if there were none."""
+        if modality is None:
+            paths = [self.path(video_id, m) for m in self.modalities(video_id)]
+            paths += [self.transcript_path(video_id, t) for t in self.transcript_tracks(video_id)]
+        else:
+            paths = [self.path(video_id, modality)]
+            if modality != VISUAL:
+                paths.append(self.transcript_path(video_id, modality))
         removed = False
-        for m in modalities:
-            removed |= self._remove(self.path(video_id, m))
+        for final in paths:
+            removed |= self._remove(final)
         return removed
 
     def _remove(self, final: str) -> bool:
@@ -195,6 +216,50 @@ class FrameFeatureStore:
     def exists(self, video_id: int, modality: Modality = VISUAL) -> bool:
         final = self.path(video_id, modality)
         return os.path.exists(final) if self._local else bool(self._fs.exists(final))
+
+    def transcript_path(self, video_id: int, track: Modality) -> str:
+        """Where one video's transcript of text track ``track`` lives: ``<shard>/<id>.<track>.transcript.json``."""
+        if check_modality(track) == VISUAL:
+            raise ValueError("a transcript belongs to a text track (speech, subtitles), not the visual modality")
+        return f"{self._shard(video_id)}/{int(video_id)}.{track}{_TRANSCRIPT_SUFFIX}"
+
+    def has_transcript(self, video_id: int, track: Modality) -> bool:
+        final = self.transcript_path(video_id, track)
+        return os.path.exists(final) if self._local else bool(self._fs.exists(final))
+
+    def read_transcript(self, video_id: int, track: Modality) -> "Transcript":
+        """One video's transcript of ``track``; :class:`FeatureNotFound` when it has none."""
+        from .text_tracks import Transcript
+
+        final = self.transcript_path(video_id, track)
+        try:
+            if self._local:
+                data = Path(final).read_bytes()
+            else:
+                data = self._fs.cat_file(final)
+        except FileNotFoundError:
+            raise FeatureNotFound(
+                f"no {track} transcript for video id {video_id} in {self.url}; re-ingest the video "
+                f"with its {track} track on"
+            ) from None
+        return Transcript.from_dict(json.loads(data.decode("utf-8")))
+
+    def transcript_tracks(self, video_id: int) -> list[Modality]:
+        """The text tracks one video has a transcript of, sorted."""
+        video_id = int(video_id)
+        names = self._shard_names(video_id, f"{video_id}.*{_TRANSCRIPT_SUFFIX}")
+        tags = [n[len(str(video_id)) + 1 : -len(_TRANSCRIPT_SUFFIX)] for n in names]
+        return sorted(t for t in tags if _MODALITY_NAME.fullmatch(t) and t != VISUAL)
+
+    def _shard(self, video_id: int) -> str:
+        return f"{self._root.rstrip('/')}/{int(video_id) % _SHARDS:02x}"
+
+    def _shard_names(self, video_id: int, pattern: str) -> list[str]:
+        """File names in the video's shard directory matching glob ``pattern``."""
+        shard = self._shard(video_id)
+        if self._local:
+            return [p.name for p in Path(shard).glob(pattern)]
+        return [p.rsplit("/", 1)[-1] for p in self._fs.glob(f"{shard}/{pattern}")]
 
     def modalities(self, video_id: int) -> list[Modality]:
         """The modalities one video has features of, sorted."""

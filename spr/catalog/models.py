@@ -1,9 +1,11 @@
 """The catalog schema as SQLAlchemy 2.x declarative models.
 
-Four tables: ``videos`` (one row per external video key, with its visibility status),
-``segments`` (one row per fixed-length segment, keyed by the shared id of :mod:`spr.ids`),
-``collections`` (what each vector-store collection holds) and ``ingest_runs`` (progress
-of batch ingests). Times are seconds (float); timestamps are timezone-aware.
+Five tables: ``videos`` (one row per external video key, with its visibility status and
+the outcome of each text track), ``segments`` (one row per fixed-length segment, keyed by
+the shared id of :mod:`spr.ids`), ``segment_texts`` (what is said or written during a
+segment, one row per segment and text track), ``collections`` (what each vector-store
+collection holds) and ``ingest_runs`` (progress of batch ingests). Times are seconds
+(float); timestamps are timezone-aware.
 
 The Alembic migrations under ``migrations/versions`` create exactly this schema; a test
 compares the two, so a change here needs a new migration.
@@ -39,6 +41,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 Int64 = BigInteger().with_variant(Integer(), "sqlite")
 # JSONB on PostgreSQL (indexable, compact); plain JSON text elsewhere.
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+# Server-side defaults of JSON columns added to existing tables (their old rows need a value);
+# the literal casts to jsonb on PostgreSQL and is stored as JSON text on SQLite.
+EMPTY_JSON_OBJECT = text("'{}'")
+EMPTY_JSON_ARRAY = text("'[]'")
 
 # Explicit constraint names, so migrations can refer to (and drop) them on every backend.
 NAMING_CONVENTION = {
@@ -89,6 +95,11 @@ class Video(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # ``metadata`` is taken by the declarative base, hence the attribute name.
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONDocument, default=dict)
+    # Per text track (speech, subtitles): {"status": a spr.text_tracks.TrackStatus value,
+    # "source", "error", "cues", "segments", ...}, as spr.text_tracks.TrackReport.to_dict gives.
+    tracks: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict, server_default=EMPTY_JSON_OBJECT)
+    # What ingest wants people to see (a broken subtitle file, ASR that failed), as strings.
+    warnings: Mapped[list[str]] = mapped_column(JSONDocument, default=list, server_default=EMPTY_JSON_ARRAY)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("CURRENT_TIMESTAMP"))
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("CURRENT_TIMESTAMP"), onupdate=func.now()
@@ -110,6 +121,20 @@ class Segment(Base):
     ordinal: Mapped[int] = mapped_column(Integer)
     start_s: Mapped[float] = mapped_column(Float)
     end_s: Mapped[float] = mapped_column(Float)
+
+
+class SegmentTrackText(Base):
+    """The text of one text track (``speech``, ``subtitles``) during one segment."""
+
+    __tablename__ = "segment_texts"
+
+    # The primary key's leading column serves "texts of these segments" and, as segment ids
+    # of one video are one contiguous range (spr.ids.video_id_range), "texts of video X".
+    segment_id: Mapped[int] = mapped_column(
+        Int64, ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    track: Mapped[str] = mapped_column(String(32), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
 
 
 class Collection(Base):
@@ -149,5 +174,6 @@ class IngestRun(Base):
 
 videos = Video.__table__
 segments = Segment.__table__
+segment_texts = SegmentTrackText.__table__
 collections = Collection.__table__
 ingest_runs = IngestRun.__table__

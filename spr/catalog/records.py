@@ -3,7 +3,7 @@ on SQLite, the server's zone on PostgreSQL)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -21,6 +21,11 @@ class VideoRecord:
     metadata: dict[str, Any]
     created_at: datetime
     updated_at: datetime
+    # Per text track: {"status": "indexed" | "empty" | "failed" | "off", "source", "error",
+    # "cues", "segments", ...} (spr.text_tracks.TrackReport.to_dict); {} before any track ran.
+    tracks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What ingest wants people to see about this video (broken subtitles, failed ASR).
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,8 @@ def video_record(row: Mapping[str, Any]) -> VideoRecord:
         metadata=dict(row["metadata"] or {}),
         created_at=aware(row["created_at"]),
         updated_at=aware(row["updated_at"]),
+        tracks={track: dict(report) for track, report in (row["tracks"] or {}).items()},
+        warnings=[str(w) for w in row["warnings"] or ()],
     )
 
 

@@ -1,4 +1,5 @@
-"""The segment catalog: videos, their segments, vector collections and ingest runs.
+"""The segment catalog: videos, their segments and segment texts, vector collections and
+ingest runs.
 
 The catalog is the source of truth for visibility (see ``DESIGN.md``, "Two stores, one
 truth"): a video's segments are searchable only while its row is ``ready``, and
@@ -11,18 +12,37 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-from sqlalchemy import ARRAY, BigInteger, Select, Text, any_, bindparam, case, cast, delete, func, insert, literal, select, update
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Select,
+    Text,
+    any_,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from .. import ids as spr_ids
 from .. import limits as spr_limits
-from .bulk import BulkMethod, bulk_insert_method, insert_segment_rows
+from ..features import VISUAL, check_modality
+from ..text_tracks import MAX_SEGMENT_TEXT_CHARS, TrackStatus
+from .bulk import BulkMethod, bulk_insert_method, insert_segment_rows, insert_segment_text_rows
 from .engine import check_connection, create_catalog_engine, masked_url
 from .errors import CatalogError, RunNotFound, VideoNotFound
 from .migrate import upgrade
 from .models import RunStatus, VideoStatus, collections, ingest_runs, segments, videos
+from .models import segment_texts as texts_table
 from .records import (
     CollectionRecord,
     IngestRunRecord,
@@ -41,6 +61,11 @@ RUN_COUNTERS = ("videos_total", "videos_done", "videos_failed", "segments_writte
 # SQLite caps bound parameters per statement (32766); larger id lists go in chunks.
 _SQLITE_IN_CHUNK = 10_000
 _VIDEO_KEY_MAX = spr_limits.MAX_VIDEO_KEY_LENGTH
+# A video's warnings are for people reading `spr status`: a broken file must not put
+# megabytes into its row.
+MAX_WARNINGS = 100
+MAX_WARNING_CHARS = 1_000
+_TRACK_STATUSES = frozenset(s.value for s in TrackStatus)
 
 
 class SegmentCatalog:
@@ -125,7 +150,8 @@ class SegmentCatalog:
         metadata: Mapping[str, Any] | None = None,
     ) -> VideoRecord:
         """Insert video ``key`` as ``pending``; an existing key keeps its id and gets every
-        field replaced, status back to ``pending`` and error cleared (a re-ingest)."""
+        field replaced, status back to ``pending`` and error cleared (a re-ingest). Its
+        ``tracks`` and ``warnings`` stay until :meth:`set_tracks` replaces them."""
         if not key or len(key) > _VIDEO_KEY_MAX:
             raise ValueError(f"video key must be 1..{_VIDEO_KEY_MAX} characters, got {len(key)}")
         values = {
@@ -142,7 +168,7 @@ class SegmentCatalog:
         # One atomic statement (both dialects speak ON CONFLICT): two ingests of one key
         # cannot both insert, and the id survives a re-ingest.
         ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(videos)
-        stmt = ins.values(**values).on_conflict_do_update(
+        stmt = ins.values(**values, tracks={}, warnings=[]).on_conflict_do_update(
             index_elements=[videos.c.key], set_={**changed, "updated_at": func.now()}
         )
         with self._engine.begin() as conn:
@@ -180,10 +206,11 @@ class SegmentCatalog:
         self._set_status(video_id, VideoStatus.DELETED, None)
 
     def purge_video(self, video_id: int) -> bool:
-        """Delete the video row and its segments; False if there was no such video."""
+        """Delete the video row, its segments and their texts; False if there was no such video."""
         with self._engine.begin() as conn:
             # ON DELETE CASCADE does this too; saying it keeps purge correct on a SQLite
             # file opened elsewhere without PRAGMA foreign_keys.
+            conn.execute(_delete_texts(int(video_id)))
             conn.execute(delete(segments).where(segments.c.video_id == int(video_id)))
             return conn.execute(delete(videos).where(videos.c.id == int(video_id))).rowcount > 0
 
@@ -212,6 +239,39 @@ class SegmentCatalog:
         with self._reader.connect() as conn:
             return [key for (key,) in conn.execute(stmt)]
 
+    def set_tracks(self, video_id: int, tracks: Mapping[str, Mapping[str, Any]], warnings: Sequence[str]) -> None:
+        """Replace the video's text-track outcomes and its warnings. ``tracks`` maps a track
+        name to its report (``{"status": "indexed" | "empty" | "failed" | "off", "source",
+        "error", "cues", "segments", ...}``, :meth:`spr.text_tracks.TrackReport.to_dict`);
+        at most :data:`MAX_WARNINGS` warnings are kept, each cut to :data:`MAX_WARNING_CHARS`."""
+        reports = {str(track): _track_report(track, report) for track, report in tracks.items()}
+        if isinstance(warnings, str):
+            raise TypeError("warnings must be a sequence of strings, not one string")
+        kept = [str(w)[:MAX_WARNING_CHARS] for w in list(warnings)[:MAX_WARNINGS]]
+        stmt = update(videos).where(videos.c.id == int(video_id)).values(tracks=reports, warnings=kept)
+        with self._engine.begin() as conn:
+            if conn.execute(stmt).rowcount == 0:
+                raise VideoNotFound(f"no video with id {video_id}")
+
+    def track_counts(self) -> dict[str, dict[str, int]]:
+        """``{track: {status: number of videos}}`` over every video's ``tracks``; a status no
+        video has is absent (``spr status``)."""
+        if self.dialect == "postgresql":
+            sql = (
+                "SELECT t.key, t.value ->> 'status', count(*) FROM videos, jsonb_each(videos.tracks) AS t "
+                "GROUP BY 1, 2"
+            )
+        else:
+            sql = (
+                "SELECT t.key, json_extract(t.value, '$.status'), count(*) FROM videos, json_each(videos.tracks) AS t "
+                "GROUP BY 1, 2"
+            )
+        counts: dict[str, dict[str, int]] = {}
+        with self._engine.connect() as conn:
+            for track, status, n in conn.execute(text(sql)):
+                counts.setdefault(track, {})[str(status)] = int(n)
+        return counts
+
     def _set_status(self, video_id: int, status: VideoStatus, error: str | None) -> None:
         stmt = update(videos).where(videos.c.id == int(video_id)).values(status=status.value, error=error)
         with self._engine.begin() as conn:
@@ -234,7 +294,8 @@ class SegmentCatalog:
     ) -> np.ndarray:
         """Make the given rows the video's only segments, in one transaction (on error the
         old segments stay). Inputs are 1-D of one length (ordinals; times in seconds);
-        returns the segment ids, shape ``(n,)`` int64, in input order."""
+        returns the segment ids, shape ``(n,)`` int64, in input order. The old segments'
+        texts go with them: write the new ones with :meth:`replace_segment_texts`."""
         return self._write_segments(video_id, ordinals, start_s, end_s, replace=True)
 
     def add_segments(
@@ -265,9 +326,103 @@ class SegmentCatalog:
         ids = np.int64(first_id) | ords
         with self._engine.begin() as conn:
             if replace:
+                # The cascade does this too; said here so a SQLite file opened without
+                # PRAGMA foreign_keys cannot keep texts of segments that are gone.
+                conn.execute(_delete_texts(video_id))
                 conn.execute(delete(segments).where(segments.c.video_id == video_id))
             insert_segment_rows(conn, video_id, ids, ords, starts, ends, self._insert_batch_rows)
         return ids
+
+    # --- segment texts -----------------------------------------------------------------------
+
+    def replace_segment_texts(
+        self, video_id: int, track: str, ordinals: np.ndarray | Sequence[int], texts: Sequence[str]
+    ) -> np.ndarray:
+        """Make ``texts`` the video's only texts of ``track``, in one transaction: ``ordinals``
+        ``(m,)`` of segments already in the catalog, ``texts`` ``m`` strings (whitespace-only
+        ones are skipped, each is cut to ``MAX_SEGMENT_TEXT_CHARS``). Returns the segment ids
+        of the rows written, ``(k,)`` int64 in input order. A missing segment or a repeated
+        ordinal raises :class:`sqlalchemy.exc.IntegrityError` and keeps the old texts."""
+        video_id = int(video_id)
+        track = _check_track(track)
+        ords = np.asarray(ordinals)
+        if ords.ndim != 1 or len(ords) != len(texts):
+            raise ValueError(f"ordinals {ords.shape} and {len(texts)} texts must be one (m,) length")
+        if len(ords) and not np.issubdtype(ords.dtype, np.integer):
+            raise ValueError(f"ordinals must be integers, got dtype {ords.dtype}")
+        keep = [i for i, t in enumerate(texts) if str(t).strip()]
+        kept_ords = ords[keep].astype(np.int64) if keep else np.zeros(0, dtype=np.int64)
+        first_id = spr_ids.segment_id(video_id, 0)  # validates the video id
+        if len(kept_ords):
+            spr_ids.segment_id(video_id, int(kept_ords.min()))  # ... and both ordinal extremes
+            spr_ids.segment_id(video_id, int(kept_ords.max()))
+        ids = np.int64(first_id) | kept_ords
+        # PostgreSQL text cannot hold NUL; a subtitle file can.
+        clean = [str(texts[i]).replace("\x00", "")[:MAX_SEGMENT_TEXT_CHARS] for i in keep]
+        with self._engine.begin() as conn:
+            conn.execute(_delete_texts(video_id, track))
+            insert_segment_text_rows(conn, ids, track, clean, self._insert_batch_rows)
+        return ids
+
+    def delete_segment_texts(self, video_id: int, track: str | None = None) -> int:
+        """Remove the video's texts of ``track`` (every track when None); returns how many."""
+        stmt = _delete_texts(int(video_id), None if track is None else _check_track(track))
+        with self._engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    def segment_texts(
+        self, segment_ids: Sequence[int] | np.ndarray, tracks: Sequence[str] | None = None
+    ) -> dict[int, dict[str, str]]:
+        """``{segment_id: {track: text}}`` of the given segments in one round trip (whatever
+        their video's status), optionally of some tracks only; segments without text are absent."""
+        wanted = np.unique(np.asarray(segment_ids, dtype=np.int64))
+        wanted = wanted[wanted >= 0].tolist()
+        if not wanted:
+            return {}
+        stmt = select(texts_table.c.segment_id, texts_table.c.track, texts_table.c.text)
+        if self.dialect == "postgresql":
+            stmt = stmt.where(texts_table.c.segment_id == any_(bindparam("ids", type_=ARRAY(BigInteger))))
+            chunk = len(wanted)
+        else:
+            stmt = stmt.where(texts_table.c.segment_id.in_(bindparam("ids", expanding=True)))
+            chunk = _SQLITE_IN_CHUNK
+        if tracks is not None:
+            stmt = stmt.where(texts_table.c.track.in_([_check_track(t) for t in tracks]))
+        found: dict[int, dict[str, str]] = {}
+        with self._reader.connect() as conn:
+            for lo in range(0, len(wanted), chunk):
+                for sid, track, body in conn.execute(stmt, {"ids": wanted[lo : lo + chunk]}):
+                    found.setdefault(int(sid), {})[track] = body
+        return found
+
+    def span_texts(
+        self, video_id: int, start_s: float, end_s: float, tracks: Sequence[str] | None = None
+    ) -> dict[str, list[tuple[float, float, str]]]:
+        """``{track: [(segment start_s, end_s, text), ...]}`` of the video's segments that
+        overlap ``[start_s, end_s)`` seconds, in time order; tracks without text there are absent."""
+        lo, hi = spr_ids.video_id_range(int(video_id))
+        stmt = (
+            select(texts_table.c.track, segments.c.start_s, segments.c.end_s, texts_table.c.text)
+            .select_from(texts_table.join(segments, texts_table.c.segment_id == segments.c.id))
+            .where(texts_table.c.segment_id >= lo, texts_table.c.segment_id < hi)
+            .where(segments.c.start_s < float(end_s), segments.c.end_s > float(start_s))
+            .order_by(segments.c.start_s, segments.c.ordinal)
+        )
+        if tracks is not None:
+            stmt = stmt.where(texts_table.c.track.in_([_check_track(t) for t in tracks]))
+        out: dict[str, list[tuple[float, float, str]]] = {}
+        with self._reader.connect() as conn:
+            for track, start, end, body in conn.execute(stmt):
+                out.setdefault(track, []).append((float(start), float(end), body))
+        return out
+
+    def segment_text_count(self, track: str | None = None) -> int:
+        """Segments with text in ``track`` (rows of every track when None), whatever their video's status."""
+        stmt = select(func.count()).select_from(texts_table)
+        if track is not None:
+            stmt = stmt.where(texts_table.c.track == _check_track(track))
+        with self._engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
 
     # --- lookup (search hot path) ------------------------------------------------------------
 
@@ -476,3 +631,31 @@ def _counters(values: Mapping[str, int]) -> Mapping[str, int]:
     if unknown:
         raise ValueError(f"unknown ingest-run counter(s) {unknown}; known: {list(RUN_COUNTERS)}")
     return values
+
+
+def _delete_texts(video_id: int, track: str | None = None) -> Any:
+    """DELETE of the video's segment texts (of one track): its segment ids are one range."""
+    lo, hi = spr_ids.video_id_range(video_id)
+    stmt = delete(texts_table).where(texts_table.c.segment_id >= lo, texts_table.c.segment_id < hi)
+    return stmt if track is None else stmt.where(texts_table.c.track == track)
+
+
+def _check_track(track: str) -> str:
+    """``track`` if it names a text track (a modality name other than visual), else ValueError."""
+    if check_modality(track) == VISUAL:
+        raise ValueError("segment texts belong to a text track (speech, subtitles), not the visual modality")
+    return track
+
+
+def _track_report(track: str, report: Mapping[str, Any]) -> dict[str, Any]:
+    """``report`` as stored: a plain dict whose ``status`` is a TrackStatus value."""
+    _check_track(track)
+    out = dict(report)
+    status = out.get("status")
+    if status not in _TRACK_STATUSES:
+        raise ValueError(
+            f"track {track!r}: status must be one of {sorted(_TRACK_STATUSES)}, got {status!r} "
+            f"(build reports with spr.text_tracks.TrackReport.to_dict)"
+        )
+    out["status"] = str(status)
+    return out
