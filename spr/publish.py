@@ -26,6 +26,7 @@ from .catalog import CollectionRecord, SegmentCatalog, VideoRecord
 from .features import VISUAL, FrameFeatureStore, Modality, TimedFeatures, check_modality
 from .segments import segment_bounds
 from .stores import IndexSpec, VectorStore, index_spec_to_dict
+from .text_tracks import SegmentText, TrackReport
 
 
 @dataclass(frozen=True)
@@ -113,11 +114,21 @@ class VideoPayload:
     fps: float | None = None
     content_hash: str | None = None
     metadata: Mapping[str, Any] | None = None
+    # Text tracks (speech, subtitles): each one's segment texts, their embeddings and the
+    # transcript; ``tracks`` what happened to every track (also the empty, failed and off
+    # ones), ``warnings`` what the catalog row should tell an operator (a broken subtitle file).
+    texts: Mapping[Modality, SegmentText] = field(default_factory=dict)
+    tracks: Mapping[Modality, TrackReport] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
     @property
     def nbytes(self) -> int:
-        """Memory the payload holds: its embeddings and feature rows."""
-        return int(np.asarray(self.embeddings).nbytes) + sum(f.nbytes for f in self.features.values())
+        """Memory the payload holds: its embeddings, feature rows and text tracks."""
+        return (
+            int(np.asarray(self.embeddings).nbytes)
+            + sum(f.nbytes for f in self.features.values())
+            + sum(t.nbytes for t in self.texts.values())
+        )
 
 
 def publish_videos(
@@ -128,12 +139,20 @@ def publish_videos(
     segment_length_s: float = 4.0,
     feature_store: FrameFeatureStore | None = None,
     feature_model: str = "",
+    text_collections: Mapping[Modality, str] | None = None,
 ) -> list[PublishedVideo]:
     """:func:`publish_video` for a batch, with one vector upsert and one flush for all of it
     (a Milvus flush costs about a second; per video it would dominate a big ingest).
 
-    Every video is registered ``pending`` first and turns ``ready`` only after the flush, so
-    a crash anywhere leaves the whole batch invisible and a re-run repeats it idempotently."""
+    ``text_collections`` maps each text track to its collection (``segments__speech``...): a
+    video's segment texts of that track replace its old ones in the catalog, their embeddings
+    its old vectors there (a video without text in a track keeps none), its transcript goes to
+    the feature store. Same segment ids in every collection.
+
+    Every video is registered ``pending`` first and turns ``ready`` only after every collection
+    is flushed, so a crash anywhere leaves the whole batch invisible and a re-run repeats it
+    idempotently."""
+    text_collections = dict(text_collections or {})
     checked = []
     for p in payloads:
         for modality in p.features:
@@ -147,6 +166,14 @@ def publish_videos(
                 f"video {p.key!r} of {p.duration_s} s has {len(bounds)} segments of {segment_length_s} s, "
                 f"but {emb.shape[0] if emb.ndim else 0} embeddings were given (shape {emb.shape})"
             )
+        for track, text in p.texts.items():
+            if track not in text_collections:
+                raise ValueError(f"video {p.key!r} carries {track} texts but no {track} collection was given")
+            if len(text.texts) != len(bounds) or len(text.embeddings) != len(text.ordinals):
+                raise ValueError(
+                    f"video {p.key!r}: its {track} track has {len(text.texts)} segment texts and "
+                    f"{len(text.embeddings)} embeddings for {len(bounds)} segments"
+                )
         checked.append((p, bounds, emb))
     if not checked:
         return []
@@ -158,6 +185,16 @@ def publish_videos(
         for modality, rows in p.features.items():
             feature_store.write(video.id, rows.values, rows.rate, feature_model, modality=modality)
         ids = catalog.replace_segments(video.id, bounds.ordinals, bounds.start_s, bounds.end_s)
+        for track in text_collections:
+            text = p.texts.get(track)
+            if text is None:
+                catalog.delete_segment_texts(video.id, track)
+                continue
+            catalog.replace_segment_texts(video.id, track, text.text_ordinals, [t for t in text.texts if t])
+            if feature_store is not None and text.transcript.cues:
+                feature_store.write_transcript(video.id, text.transcript)
+        if p.tracks or p.warnings:
+            catalog.set_tracks(video.id, {t: r.to_dict() for t, r in p.tracks.items()}, list(p.warnings))
         written.append((video, ids))
     keys = [p.key for p, _, _ in checked]
     store.delete_videos(collection, keys)
@@ -166,12 +203,34 @@ def publish_videos(
         vectors = np.concatenate([emb for _, _, emb in checked])
         tags = [key for key, (_, ids) in zip(keys, written) for _ in range(len(ids))]
         store.upsert(collection, all_ids, vectors, tags)
+    for track, name in text_collections.items():
+        _publish_track(store, name, track, [p for p, _, _ in checked], [ids for _, ids in written])
     store.flush(collection)
+    for name in text_collections.values():
+        store.flush(name)
     published = []
     for video, ids in written:
         catalog.mark_ready(video.id)
         published.append(PublishedVideo(catalog.get_video_by_id(video.id) or video, ids))
     return published
+
+
+def _publish_track(
+    store: VectorStore, name: str, track: Modality, payloads: Sequence[VideoPayload], ids: Sequence[np.ndarray]
+) -> None:
+    """Replace the batch's vectors in text collection ``name``: the embeddings of the segments
+    that have ``track`` text, under those segments' ids."""
+    store.delete_videos(name, [p.key for p in payloads])
+    seg_ids, vectors, tags = [], [], []
+    for p, video_ids in zip(payloads, ids):
+        text = p.texts.get(track)
+        if text is None or not len(text.embeddings):
+            continue
+        seg_ids.append(video_ids[text.ordinals])
+        vectors.append(np.asarray(text.embeddings, dtype=np.float32))
+        tags += [p.key] * len(text.embeddings)
+    if seg_ids:
+        store.upsert(name, np.concatenate(seg_ids), np.concatenate(vectors), tags)
 
 
 # --- the collection contract ------------------------------------------------------------------

@@ -104,6 +104,11 @@ def moment_to_pb(moment: Moment) -> moments_pb2.Moment:
         coarse_start_s=moment.coarse_start_s,
         coarse_end_s=moment.coarse_end_s,
         video_duration_s=moment.video_duration_s,
+        modalities=[
+            moments_pb2.ModalityContribution(modality=c.modality, rank=c.rank, score=c.score) for c in moment.modalities
+        ],
+        snippet=moment.snippet,
+        snippet_track=moment.snippet_track,
     )
 
 

@@ -61,6 +61,13 @@ class Moment:
     coarse_start_s: float
     coarse_end_s: float
     video_duration_s: float
+    # Which modalities' ANN lists found this moment's segments, and at what rank and score
+    # (spr.fusion.Contribution, one per modality: its best-ranked segment); () from a refiner,
+    # the engine fills it in.
+    modalities: tuple = ()
+    # What was said (speech) or written (subtitles) during the moment, and which track it is.
+    snippet: str = ""
+    snippet_track: str = ""
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,22 @@ def retrieve_proposals(
     """Coarse proposals for one L2-normalised query embedding of shape ``(dim,)``."""
     t0 = time.perf_counter()
     found = store.search(collection, np.asarray(query, dtype=np.float32).reshape(1, -1), top_k, params, video_keys)
-    hits = found.hits(0)
+    ann_ms = (time.perf_counter() - t0) * 1e3
+    result = propose_from_hits(catalog, found.hits(0), gap_rule, pad_s, max_proposals)
+    result.timings_ms["ann"] = ann_ms
+    return result
+
+
+def propose_from_hits(
+    catalog: SegmentCatalog,
+    hits: Sequence[tuple[int, float]],
+    gap_rule: GapRule = AdjacentOnly(),
+    pad_s: float = 8.0,
+    max_proposals: int | None = None,
+) -> CoarseResult:
+    """Coarse proposals from ranked segment hits ``[(segment id, score), ...]`` best first (one
+    modality's ANN answer, or several fused by :mod:`spr.fusion`): one catalog round trip, then
+    adjacent segments merged and padded."""
     t1 = time.perf_counter()
     locations = catalog.lookup_segments([sid for sid, _ in hits])
     t2 = time.perf_counter()
@@ -73,5 +88,5 @@ def retrieve_proposals(
     proposals = propose_moments(segments, gap_rule, max_proposals=max_proposals)
     padded = pad_proposals(proposals, pad_s)
     t3 = time.perf_counter()
-    timings = {"ann": (t1 - t0) * 1e3, "catalog": (t2 - t1) * 1e3, "proposals": (t3 - t2) * 1e3}
+    timings = {"ann": 0.0, "catalog": (t2 - t1) * 1e3, "proposals": (t3 - t2) * 1e3}
     return CoarseResult(proposals, padded, segments, timings, locations)

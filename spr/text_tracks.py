@@ -231,16 +231,28 @@ class TrackReport:
 class SegmentText:
     """One text track of one video ready to publish: ``texts`` ``(n,)`` one per segment
     (ordinal order, ``""`` = no text there); ``embeddings`` ``(m, d)`` float32 unit vectors of
-    the ``m`` non-empty ones, in ordinal order; the ``transcript`` they came from."""
+    the ``m`` non-empty ones, in ordinal order; the ``transcript`` they came from.
+
+    Imported text features come without their text: then ``vector_ordinals`` ``(m,)`` says
+    which segments the embeddings belong to, and ``texts`` may be all ``""``."""
 
     texts: tuple[str, ...]
     embeddings: np.ndarray
     transcript: Transcript
     report: TrackReport = field(default_factory=lambda: TrackReport(TrackStatus.INDEXED))
+    model: str = ""  # the sentence encoder's identity: recorded with the track's collection
+    vector_ordinals: np.ndarray | None = None
 
     @property
     def ordinals(self) -> np.ndarray:
-        """``(m,)`` int64 ordinals of the segments that have text."""
+        """``(m,)`` int64 ordinals of the segments the embeddings belong to (those with text)."""
+        if self.vector_ordinals is not None:
+            return np.asarray(self.vector_ordinals, dtype=np.int64)
+        return self.text_ordinals
+
+    @property
+    def text_ordinals(self) -> np.ndarray:
+        """``(k,)`` int64 ordinals of the segments that have text."""
         return np.array([i for i, t in enumerate(self.texts) if t], dtype=np.int64)
 
     @property

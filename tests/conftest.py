@@ -4,6 +4,8 @@ runner for the ``spr`` command line."""
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import shutil
 import subprocess
@@ -50,12 +52,8 @@ def postgres_server_url() -> URL:
     return url
 
 
-@pytest.fixture
-def postgres_url(postgres_server_url: URL) -> Iterator[str]:
-    """A URL onto a fresh, empty schema of the test server, dropped after the test.
-
-    The schema is first on the connection's ``search_path``, so every unqualified table —
-    Alembic's ``alembic_version`` included — is created in it."""
+@contextlib.contextmanager
+def _fresh_schema(postgres_server_url: URL) -> Iterator[str]:
     schema = f"spr_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(postgres_server_url)
     with admin.begin() as conn:
@@ -73,6 +71,23 @@ def postgres_url(postgres_server_url: URL) -> Iterator[str]:
             conn.execute(text("SET LOCAL lock_timeout = '10s'"))
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url: URL) -> Iterator[str]:
+    """A URL onto a fresh, empty schema of the test server, dropped after the test.
+
+    The schema is first on the connection's ``search_path``, so every unqualified table —
+    Alembic's ``alembic_version`` included — is created in it."""
+    with _fresh_schema(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def postgres_url_module(postgres_server_url: URL) -> Iterator[str]:
+    """:func:`postgres_url` shared by the tests of one module (a corpus built once)."""
+    with _fresh_schema(postgres_server_url) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

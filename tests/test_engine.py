@@ -128,7 +128,9 @@ def test_the_in_process_and_the_grpc_refiner_give_the_same_moments(corpus: Corpu
     for result in (here, there):
         assert (result.refined, result.degraded, result.degraded_reason) == (True, False, "")
         assert len(result.moments) == 6 and result.collection == COLLECTION
-        assert set(result.timings_ms) == {"embed", "ann", "catalog", "proposals", "refine", "total"}
+        assert set(result.timings_ms) == {
+            "embed", "ann", "ann.visual", "fusion", "catalog", "proposals", "refine", "snippets", "total"
+        }
         assert result.timings_ms["refine"] > 0.0
         assert result.refinement.model == "spr-clip:refiner.pt@1" and not result.refinement.random_weights
         scores = [m.score for m in result.moments]
@@ -154,7 +156,9 @@ def test_without_refinement_the_planted_event_comes_first_with_its_coarse_score(
     assert (result.refined, result.degraded, result.refinement) == (False, False, None)
     assert best.video_key == PLANTED[0] and best.coarse_rank == 0 and best.score > 0.9
     assert temporal_iou(best.start_s, best.end_s, PLANTED[1], PLANTED[2]) >= 0.5
-    assert result.moments == coarse_moments(result.coarse, 3)
+    # The coarse moments, annotated with the modality that found them (visual alone here).
+    assert [replace(m, modalities=()) for m in result.moments] == coarse_moments(result.coarse, 3)
+    assert all([c.modality for c in m.modalities] == ["visual"] for m in result.moments)
     assert result.timings_ms["refine"] == 0.0
 
 

@@ -523,14 +523,14 @@ def test_spr_search_prints_a_table(search_target: str):
     result = run_spr("search", "a man opens a door", "--target", search_target, "--k", "3", "--no-refine")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["#", "video", "start", "end", "score", "coarse"]
+    assert lines[0].split() == ["#", "video", "start", "end", "score", "coarse", "found", "by"]
     rows = lines[1:4]
     assert [row.split()[0] for row in rows] == ["0", "1", "2"]
     assert all(row.split()[1] in {key for key, _, _ in VIDEOS} for row in rows)
     assert all(len(row.split()[2].split(":")) == 3 for row in rows)  # h:mm:ss.s
     assert "coarse (not refined)" in result.stdout
     assert "timings: embed" in result.stdout and "total" in result.stdout
-    assert "note: the service runs with untrained or random weights" in result.stdout
+    assert "runs on untrained or random weights" in result.stdout
 
 
 def test_spr_search_json_and_filters(search_target: str):

@@ -1,13 +1,13 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Moment(_message.Message):
-    __slots__ = ("video_key", "uri", "start_s", "end_s", "score", "coarse_rank", "coarse_start_s", "coarse_end_s", "video_duration_s")
+    __slots__ = ("video_key", "uri", "start_s", "end_s", "score", "coarse_rank", "coarse_start_s", "coarse_end_s", "video_duration_s", "modalities", "snippet", "snippet_track")
     VIDEO_KEY_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     START_S_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,9 @@ class Moment(_message.Message):
     COARSE_START_S_FIELD_NUMBER: _ClassVar[int]
     COARSE_END_S_FIELD_NUMBER: _ClassVar[int]
     VIDEO_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_FIELD_NUMBER: _ClassVar[int]
+    SNIPPET_TRACK_FIELD_NUMBER: _ClassVar[int]
     video_key: str
     uri: str
     start_s: float
@@ -26,7 +29,20 @@ class Moment(_message.Message):
     coarse_start_s: float
     coarse_end_s: float
     video_duration_s: float
-    def __init__(self, video_key: _Optional[str] = ..., uri: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., coarse_rank: _Optional[int] = ..., coarse_start_s: _Optional[float] = ..., coarse_end_s: _Optional[float] = ..., video_duration_s: _Optional[float] = ...) -> None: ...
+    modalities: _containers.RepeatedCompositeFieldContainer[ModalityContribution]
+    snippet: str
+    snippet_track: str
+    def __init__(self, video_key: _Optional[str] = ..., uri: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., coarse_rank: _Optional[int] = ..., coarse_start_s: _Optional[float] = ..., coarse_end_s: _Optional[float] = ..., video_duration_s: _Optional[float] = ..., modalities: _Optional[_Iterable[_Union[ModalityContribution, _Mapping]]] = ..., snippet: _Optional[str] = ..., snippet_track: _Optional[str] = ...) -> None: ...
+
+class ModalityContribution(_message.Message):
+    __slots__ = ("modality", "rank", "score")
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    modality: str
+    rank: int
+    score: float
+    def __init__(self, modality: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values",)

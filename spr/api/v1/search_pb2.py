@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from spr.api.v1 import moments_pb2 as spr_dot_api_dot_v1_dot_moments__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17spr/api/v1/search.proto\x12\x06spr.v1\x1a\x18spr/api/v1/moments.proto\"*\n\x0cSearchParams\x12\x0e\n\x06nprobe\x18\x01 \x01(\x05\x12\n\n\x02\x65\x66\x18\x02 \x01(\x05\"\xc9\x02\n\rSearchRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\tembedding\x18\x02 \x01(\x0b\x32\x11.spr.v1.EmbeddingH\x00\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nsegments_k\x18\x04 \x01(\x05\x12\x12\n\ncollection\x18\x05 \x01(\t\x12$\n\x06params\x18\x06 \x01(\x0b\x32\x14.spr.v1.SearchParams\x12\x12\n\nvideo_keys\x18\x07 \x03(\t\x12\x35\n\x08metadata\x18\x08 \x03(\x0b\x32#.spr.v1.SearchRequest.MetadataEntry\x12\x13\n\x06refine\x18\t \x01(\x08H\x01\x88\x01\x01\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x07\n\x05queryB\t\n\x07_refine\"\xb5\x02\n\x0eSearchResponse\x12\x1f\n\x07moments\x18\x01 \x03(\x0b\x32\x0e.spr.v1.Moment\x12\x0f\n\x07refined\x18\x02 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x04 \x01(\t\x12\x39\n\ntimings_ms\x18\x05 \x03(\x0b\x32%.spr.v1.SearchResponse.TimingsMsEntry\x12\x16\n\x0erandom_weights\x18\x06 \x01(\x08\x12\x12\n\ncollection\x18\x07 \x01(\t\x12\x1a\n\x12segments_retrieved\x18\x08 \x01(\x05\x12\x11\n\tproposals\x18\t \x01(\x05\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\",\n\x16\x43ollectionStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\xfd\x01\n\x0f\x43ollectionStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x12\n\nindex_kind\x18\x05 \x01(\t\x12>\n\x0cindex_params\x18\x06 \x03(\x0b\x32(.spr.v1.CollectionStats.IndexParamsEntry\x12\x0f\n\x07vectors\x18\x07 \x01(\x03\x12\x15\n\rfeature_model\x18\x08 \x01(\t\x1a\x32\n\x10IndexParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x01\n\x17\x43ollectionStatsResponse\x12,\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x17.spr.v1.CollectionStats\x12;\n\x06videos\x18\x02 \x03(\x0b\x32+.spr.v1.CollectionStatsResponse.VideosEntry\x12\x10\n\x08segments\x18\x03 \x01(\x03\x1a-\n\x0bVideosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x9c\x01\n\rSearchService\x12\x37\n\x06Search\x12\x15.spr.v1.SearchRequest\x1a\x16.spr.v1.SearchResponse\x12R\n\x0f\x43ollectionStats\x12\x1e.spr.v1.CollectionStatsRequest\x1a\x1f.spr.v1.CollectionStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17spr/api/v1/search.proto\x12\x06spr.v1\x1a\x18spr/api/v1/moments.proto\"*\n\x0cSearchParams\x12\x0e\n\x06nprobe\x18\x01 \x01(\x05\x12\n\n\x02\x65\x66\x18\x02 \x01(\x05\"\xd7\x03\n\rSearchRequest\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\tembedding\x18\x02 \x01(\x0b\x32\x11.spr.v1.EmbeddingH\x00\x12\r\n\x05top_k\x18\x03 \x01(\x05\x12\x12\n\nsegments_k\x18\x04 \x01(\x05\x12\x12\n\ncollection\x18\x05 \x01(\t\x12$\n\x06params\x18\x06 \x01(\x0b\x32\x14.spr.v1.SearchParams\x12\x12\n\nvideo_keys\x18\x07 \x03(\t\x12\x35\n\x08metadata\x18\x08 \x03(\x0b\x32#.spr.v1.SearchRequest.MetadataEntry\x12\x13\n\x06refine\x18\t \x01(\x08H\x01\x88\x01\x01\x12\x44\n\x10modality_weights\x18\n \x03(\x0b\x32*.spr.v1.SearchRequest.ModalityWeightsEntry\x12\x0e\n\x06\x66usion\x18\x0b \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14ModalityWeightsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x42\x07\n\x05queryB\t\n\x07_refine\"\x8c\x01\n\x0eModalitySearch\x12\x10\n\x08modality\x18\x01 \x01(\t\x12\x12\n\ncollection\x18\x02 \x01(\t\x12\x0e\n\x06weight\x18\x03 \x01(\x02\x12\x10\n\x08searched\x18\x04 \x01(\x08\x12\x0c\n\x04hits\x18\x05 \x01(\x05\x12\x0c\n\x04note\x18\x06 \x01(\t\x12\x16\n\x0erandom_weights\x18\x07 \x01(\x08\"\x86\x03\n\x0eSearchResponse\x12\x1f\n\x07moments\x18\x01 \x03(\x0b\x32\x0e.spr.v1.Moment\x12\x0f\n\x07refined\x18\x02 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12\x17\n\x0f\x64\x65graded_reason\x18\x04 \x01(\t\x12\x39\n\ntimings_ms\x18\x05 \x03(\x0b\x32%.spr.v1.SearchResponse.TimingsMsEntry\x12\x16\n\x0erandom_weights\x18\x06 \x01(\x08\x12\x12\n\ncollection\x18\x07 \x01(\t\x12\x1a\n\x12segments_retrieved\x18\x08 \x01(\x05\x12\x11\n\tproposals\x18\t \x01(\x05\x12*\n\nmodalities\x18\n \x03(\x0b\x32\x16.spr.v1.ModalitySearch\x12\x0e\n\x06\x66usion\x18\x0b \x01(\t\x12\x13\n\x0brefine_note\x18\x0c \x01(\t\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\",\n\x16\x43ollectionStatsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\xfd\x01\n\x0f\x43ollectionStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x12\n\nindex_kind\x18\x05 \x01(\t\x12>\n\x0cindex_params\x18\x06 \x03(\x0b\x32(.spr.v1.CollectionStats.IndexParamsEntry\x12\x0f\n\x07vectors\x18\x07 \x01(\x03\x12\x15\n\rfeature_model\x18\x08 \x01(\t\x1a\x32\n\x10IndexParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xc5\x01\n\x17\x43ollectionStatsResponse\x12,\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x17.spr.v1.CollectionStats\x12;\n\x06videos\x18\x02 \x03(\x0b\x32+.spr.v1.CollectionStatsResponse.VideosEntry\x12\x10\n\x08segments\x18\x03 \x01(\x03\x1a-\n\x0bVideosEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\x9c\x01\n\rSearchService\x12\x37\n\x06Search\x12\x15.spr.v1.SearchRequest\x1a\x16.spr.v1.SearchResponse\x12R\n\x0f\x43ollectionStats\x12\x1e.spr.v1.CollectionStatsRequest\x1a\x1f.spr.v1.CollectionStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SEARCHREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_SEARCHREQUEST_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_SEARCHREQUEST_MODALITYWEIGHTSENTRY']._loaded_options = None
+  _globals['_SEARCHREQUEST_MODALITYWEIGHTSENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._loaded_options = None
   _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_COLLECTIONSTATS_INDEXPARAMSENTRY']._loaded_options = None
@@ -43,23 +45,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHPARAMS']._serialized_start=61
   _globals['_SEARCHPARAMS']._serialized_end=103
   _globals['_SEARCHREQUEST']._serialized_start=106
-  _globals['_SEARCHREQUEST']._serialized_end=435
-  _globals['_SEARCHREQUEST_METADATAENTRY']._serialized_start=368
-  _globals['_SEARCHREQUEST_METADATAENTRY']._serialized_end=415
-  _globals['_SEARCHRESPONSE']._serialized_start=438
-  _globals['_SEARCHRESPONSE']._serialized_end=747
-  _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._serialized_start=699
-  _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._serialized_end=747
-  _globals['_COLLECTIONSTATSREQUEST']._serialized_start=749
-  _globals['_COLLECTIONSTATSREQUEST']._serialized_end=793
-  _globals['_COLLECTIONSTATS']._serialized_start=796
-  _globals['_COLLECTIONSTATS']._serialized_end=1049
-  _globals['_COLLECTIONSTATS_INDEXPARAMSENTRY']._serialized_start=999
-  _globals['_COLLECTIONSTATS_INDEXPARAMSENTRY']._serialized_end=1049
-  _globals['_COLLECTIONSTATSRESPONSE']._serialized_start=1052
-  _globals['_COLLECTIONSTATSRESPONSE']._serialized_end=1249
-  _globals['_COLLECTIONSTATSRESPONSE_VIDEOSENTRY']._serialized_start=1204
-  _globals['_COLLECTIONSTATSRESPONSE_VIDEOSENTRY']._serialized_end=1249
-  _globals['_SEARCHSERVICE']._serialized_start=1252
-  _globals['_SEARCHSERVICE']._serialized_end=1408
+  _globals['_SEARCHREQUEST']._serialized_end=577
+  _globals['_SEARCHREQUEST_METADATAENTRY']._serialized_start=454
+  _globals['_SEARCHREQUEST_METADATAENTRY']._serialized_end=501
+  _globals['_SEARCHREQUEST_MODALITYWEIGHTSENTRY']._serialized_start=503
+  _globals['_SEARCHREQUEST_MODALITYWEIGHTSENTRY']._serialized_end=557
+  _globals['_MODALITYSEARCH']._serialized_start=580
+  _globals['_MODALITYSEARCH']._serialized_end=720
+  _globals['_SEARCHRESPONSE']._serialized_start=723
+  _globals['_SEARCHRESPONSE']._serialized_end=1113
+  _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._serialized_start=1065
+  _globals['_SEARCHRESPONSE_TIMINGSMSENTRY']._serialized_end=1113
+  _globals['_COLLECTIONSTATSREQUEST']._serialized_start=1115
+  _globals['_COLLECTIONSTATSREQUEST']._serialized_end=1159
+  _globals['_COLLECTIONSTATS']._serialized_start=1162
+  _globals['_COLLECTIONSTATS']._serialized_end=1415
+  _globals['_COLLECTIONSTATS_INDEXPARAMSENTRY']._serialized_start=1365
+  _globals['_COLLECTIONSTATS_INDEXPARAMSENTRY']._serialized_end=1415
+  _globals['_COLLECTIONSTATSRESPONSE']._serialized_start=1418
+  _globals['_COLLECTIONSTATSRESPONSE']._serialized_end=1615
+  _globals['_COLLECTIONSTATSRESPONSE_VIDEOSENTRY']._serialized_start=1570
+  _globals['_COLLECTIONSTATSRESPONSE_VIDEOSENTRY']._serialized_end=1615
+  _globals['_SEARCHSERVICE']._serialized_start=1618
+  _globals['_SEARCHSERVICE']._serialized_end=1774
 # @@protoc_insertion_point(module_scope)

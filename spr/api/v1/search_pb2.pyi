@@ -16,7 +16,7 @@ class SearchParams(_message.Message):
     def __init__(self, nprobe: _Optional[int] = ..., ef: _Optional[int] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("text", "embedding", "top_k", "segments_k", "collection", "params", "video_keys", "metadata", "refine")
+    __slots__ = ("text", "embedding", "top_k", "segments_k", "collection", "params", "video_keys", "metadata", "refine", "modality_weights", "fusion")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,13 @@ class SearchRequest(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class ModalityWeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     TEXT_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +40,8 @@ class SearchRequest(_message.Message):
     VIDEO_KEYS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     REFINE_FIELD_NUMBER: _ClassVar[int]
+    MODALITY_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
     text: str
     embedding: _moments_pb2.Embedding
     top_k: int
@@ -42,10 +51,30 @@ class SearchRequest(_message.Message):
     video_keys: _containers.RepeatedScalarFieldContainer[str]
     metadata: _containers.ScalarMap[str, str]
     refine: bool
-    def __init__(self, text: _Optional[str] = ..., embedding: _Optional[_Union[_moments_pb2.Embedding, _Mapping]] = ..., top_k: _Optional[int] = ..., segments_k: _Optional[int] = ..., collection: _Optional[str] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., video_keys: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., refine: _Optional[bool] = ...) -> None: ...
+    modality_weights: _containers.ScalarMap[str, float]
+    fusion: str
+    def __init__(self, text: _Optional[str] = ..., embedding: _Optional[_Union[_moments_pb2.Embedding, _Mapping]] = ..., top_k: _Optional[int] = ..., segments_k: _Optional[int] = ..., collection: _Optional[str] = ..., params: _Optional[_Union[SearchParams, _Mapping]] = ..., video_keys: _Optional[_Iterable[str]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., refine: _Optional[bool] = ..., modality_weights: _Optional[_Mapping[str, float]] = ..., fusion: _Optional[str] = ...) -> None: ...
+
+class ModalitySearch(_message.Message):
+    __slots__ = ("modality", "collection", "weight", "searched", "hits", "note", "random_weights")
+    MODALITY_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    SEARCHED_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    modality: str
+    collection: str
+    weight: float
+    searched: bool
+    hits: int
+    note: str
+    random_weights: bool
+    def __init__(self, modality: _Optional[str] = ..., collection: _Optional[str] = ..., weight: _Optional[float] = ..., searched: _Optional[bool] = ..., hits: _Optional[int] = ..., note: _Optional[str] = ..., random_weights: _Optional[bool] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("moments", "refined", "degraded", "degraded_reason", "timings_ms", "random_weights", "collection", "segments_retrieved", "proposals")
+    __slots__ = ("moments", "refined", "degraded", "degraded_reason", "timings_ms", "random_weights", "collection", "segments_retrieved", "proposals", "modalities", "fusion", "refine_note")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +91,9 @@ class SearchResponse(_message.Message):
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_RETRIEVED_FIELD_NUMBER: _ClassVar[int]
     PROPOSALS_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    FUSION_FIELD_NUMBER: _ClassVar[int]
+    REFINE_NOTE_FIELD_NUMBER: _ClassVar[int]
     moments: _containers.RepeatedCompositeFieldContainer[_moments_pb2.Moment]
     refined: bool
     degraded: bool
@@ -71,7 +103,10 @@ class SearchResponse(_message.Message):
     collection: str
     segments_retrieved: int
     proposals: int
-    def __init__(self, moments: _Optional[_Iterable[_Union[_moments_pb2.Moment, _Mapping]]] = ..., refined: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., random_weights: _Optional[bool] = ..., collection: _Optional[str] = ..., segments_retrieved: _Optional[int] = ..., proposals: _Optional[int] = ...) -> None: ...
+    modalities: _containers.RepeatedCompositeFieldContainer[ModalitySearch]
+    fusion: str
+    refine_note: str
+    def __init__(self, moments: _Optional[_Iterable[_Union[_moments_pb2.Moment, _Mapping]]] = ..., refined: _Optional[bool] = ..., degraded: _Optional[bool] = ..., degraded_reason: _Optional[str] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., random_weights: _Optional[bool] = ..., collection: _Optional[str] = ..., segments_retrieved: _Optional[int] = ..., proposals: _Optional[int] = ..., modalities: _Optional[_Iterable[_Union[ModalitySearch, _Mapping]]] = ..., fusion: _Optional[str] = ..., refine_note: _Optional[str] = ...) -> None: ...
 
 class CollectionStatsRequest(_message.Message):
     __slots__ = ("collection",)
