@@ -19,6 +19,15 @@ Re-running is idempotent: keys keep their ids, segments and vectors are replaced
 that is ``ready`` with the same content hash (the feature bytes and rate), duration, uri,
 collection and embedder is skipped unless ``force``. One bad video (wrong shape, NaN, no
 duration) is recorded ``failed`` with the reason and the import goes on.
+
+Text tracks come the same way (``text_features={"speech": path}``, ``--text-features
+speech=PATH``): a feature source of the same layout and keys holding one ``(n_segments, d)`` row
+per segment of the video (an all-zero row: that segment has no text). The non-zero rows,
+L2-normalised, go into the track's collection ``<collection>__<track>`` under the segments' ids;
+a video the file lacks has no text in that track, and a wrong row count, width or a NaN fails
+the video. The rows' digests are part of what "unchanged" compares, so a changed text file
+re-publishes its videos. A re-import replaces every track of a video: a track not given this
+time loses the video's vectors in its collection (as re-ingesting a video does).
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -46,6 +55,7 @@ from spr.publish import CollectionMismatch, VideoPayload, ensure_collection
 from spr.rowfiles import RowFileError, read_rows
 from spr.segments import segment_count, segment_rows
 from spr.stores import VectorStore, index_spec_from_config, l2_normalize, open_vector_store
+from spr.text_tracks import TEXT_TRACKS, SegmentText, TrackReport, TrackStatus, Transcript, track_collection
 
 from .writer import FlushRule, ReaderItem, RejectedVideo, Unchanged, VideoWriter
 
@@ -62,6 +72,7 @@ __all__ = [
     "Manifest",
     "ManifestEntry",
     "RejectedVideo",
+    "TrackImportSummary",
     "feature_digest",
     "import_features",
     "open_source",
@@ -397,6 +408,9 @@ class ImportOptions:
     force: bool = False
     feature_model: str = ""  # what produced the features; default "imported:<source name>"
     progress_every: int = 100  # videos between progress callbacks
+    # Per-segment text embeddings by track ("speech", "subtitles") -> their feature source.
+    text_features: Mapping[str, str | os.PathLike[str]] = field(default_factory=dict)
+    text_model: str = ""  # what produced them; default "imported:<text source name>"
 
 
 @dataclass(frozen=True)
@@ -428,6 +442,9 @@ class ImportSummary:
     not_in_features: list[str] = field(default_factory=list)
     segments_written: int = 0
     seconds: float = 0.0
+    # Text tracks, by track: their source, collection and model, the published videos per
+    # outcome ("indexed", "empty") and the segments written into the collection.
+    tracks: dict[str, "TrackImportSummary"] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -446,7 +463,33 @@ class ImportSummary:
             "not_in_manifest": self.not_in_manifest,
             "not_in_features": self.not_in_features,
             "segments_written": self.segments_written,
+            "tracks": {track: t.to_dict() for track, t in self.tracks.items()},
             "seconds": self.seconds,
+        }
+
+
+@dataclass
+class TrackImportSummary:
+    """One text track of an import: ``videos`` counts published videos by track status;
+    ``not_in_features`` keys of the text source without visual features (not imported)."""
+
+    source: str
+    collection: str
+    feature_model: str
+    dim: int | None = None
+    videos: dict[str, int] = field(default_factory=dict)
+    segments_written: int = 0
+    not_in_features: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "collection": self.collection,
+            "feature_model": self.feature_model,
+            "dim": self.dim,
+            "videos": dict(self.videos),
+            "segments_written": self.segments_written,
+            "not_in_features": self.not_in_features,
         }
 
 
@@ -471,30 +514,75 @@ def import_features(
     # A segment embedding stands for one segment, so ready-made ones come at one per segment.
     rate = 1.0 / length_s if options.segments else 1.0 / options.clip_length_s
     mode = "segments" if options.segments else "features"
+    _check_text_tracks(options.text_features)
     table = read_manifest(manifest) if manifest is not None else None
-    source = open_source(features, options.dataset_key)
     collection = options.collection or config.vectors.collection
-    summary = ImportSummary(str(source.path), collection, mode)
+    texts: list[_TextTrack] = []
     try:
-        keys = source.keys()
-        if table is not None:
-            summary.not_in_manifest = [k for k in keys if k not in table]
-            present = set(keys)
-            summary.not_in_features = sorted(k for k in table.entries if k not in present)
-        catalog = SegmentCatalog.from_config(config)
+        for track, path in options.text_features.items():
+            texts.append(_TextTrack.open(track, path, collection, options))
+        source = open_source(features, options.dataset_key)
+        summary = ImportSummary(str(source.path), collection, mode)
         try:
-            store = open_vector_store(config)
+            keys = source.keys()
+            if table is not None:
+                summary.not_in_manifest = [k for k in keys if k not in table]
+                present = set(keys)
+                summary.not_in_features = sorted(k for k in table.entries if k not in present)
+            for text in texts:
+                summary.tracks[text.track] = text.summary
+                text.summary.not_in_features = sorted(text.keys.difference(keys))
+            catalog = SegmentCatalog.from_config(config)
             try:
-                run = _ImportRun(config, options, catalog, store, source, summary, rate, progress, t0)
-                run.execute(read_videos(source, table, rate, options.duration_from_features, keys), len(keys))
+                store = open_vector_store(config)
+                try:
+                    run = _ImportRun(config, options, catalog, store, source, summary, rate, progress, t0, texts)
+                    run.execute(read_videos(source, table, rate, options.duration_from_features, keys), len(keys))
+                finally:
+                    store.close()
             finally:
-                store.close()
+                catalog.close()
         finally:
-            catalog.close()
+            source.close()
     finally:
-        source.close()
+        for text in texts:
+            text.source.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _check_text_tracks(text_features: Mapping[str, Any]) -> None:
+    for track in text_features:
+        if track not in TEXT_TRACKS:
+            raise ImportInputError(
+                f"--text-features {track}=...: {track!r} is not a text track; the text tracks are "
+                f"{', '.join(TEXT_TRACKS)}"
+            )
+
+
+class _TextTrack:
+    """One text track's feature source and what this import fixed about it: its collection,
+    model and (once known) dimension."""
+
+    def __init__(self, track: str, source: FeatureSource, collection: str, model: str) -> None:
+        self.track = track
+        self.source = source
+        self.keys = frozenset(source.keys())
+        self.collection = collection
+        self.model = model
+        self.dim: int | None = None  # the existing collection's, else the first video's
+        self.summary = TrackImportSummary(str(source.path), collection, model)
+
+    @classmethod
+    def open(cls, track: str, path: str | os.PathLike[str], collection: str, options: ImportOptions) -> "_TextTrack":
+        # --dataset-key names the visual array; a text .npz holds one array (or "features").
+        source = open_source(path)
+        model = options.text_model or f"imported:{source.path.name}"
+        return cls(track, source, track_collection(collection, track), model)
+
+    @property
+    def label(self) -> str:
+        return f"imported {self.source.path.name}"
 
 
 @dataclass(frozen=True)
@@ -509,7 +597,7 @@ class _Embedder:
 class _ImportRun:
     """One import: collection set-up, per-video checks, and the writer's bookkeeping."""
 
-    def __init__(self, config, options, catalog, store, source, summary, rate, progress, t0) -> None:
+    def __init__(self, config, options, catalog, store, source, summary, rate, progress, t0, texts=()) -> None:
         self.config: Config = config
         self.options: ImportOptions = options
         self.catalog: SegmentCatalog = catalog
@@ -523,11 +611,16 @@ class _ImportRun:
         self.feature_model = options.feature_model or f"imported:{source.path.name}"
         self.embedder: _Embedder | None = None
         self.in_dim: int | None = None
+        self.texts: list[_TextTrack] = list(texts)
+        self.index_spec = index_spec_from_config(config.vectors.index)
+        for text in self.texts:
+            self._check_track_collection(text)
         self.writer = VideoWriter(
             catalog, store, summary.collection, self.length_s,
             None if options.segments else FrameFeatureStore.from_config(config), self.feature_model,
             FlushRule.from_config(config), on_published=self._published, on_failed=self._failed,
-            on_skipped=summary.skipped.append,
+            on_skipped=summary.skipped.append, text_collections=self._existing_track_collections(),
+            ensure_track=self._ensure_track,
         )
 
     # -- driver ---------------------------------------------------------------------------
@@ -547,6 +640,7 @@ class _ImportRun:
             "feature_model": self.feature_model,
             "embedder": s.embedder,
             "force": self.options.force,
+            "texts": {t.track: {"source": t.summary.source, "feature_model": t.model} for t in self.texts},
         }
         s.run_id = self.writer.run(self._items(itertools.chain(head, videos), total), run_config, total)
 
@@ -576,14 +670,19 @@ class _ImportRun:
             array = self._check(item)
         except ValueError as exc:
             return self._rejected(item.key, str(exc), item.uri, item.duration_s)
+        try:
+            text_rows = {t.track: self._text_rows(t, item) for t in self.texts}
+        except ValueError as exc:
+            return self._rejected(item.key, str(exc), item.uri, item.duration_s)
         digest = feature_digest(array, item.rate, self.summary.mode)
-        provenance = self._provenance(item)
+        provenance = self._provenance(item, text_rows)
         if not self.options.force and self._unchanged(item, digest, provenance):
             return Unchanged(item.key)
         try:
             embeddings = self._embed(array, item)
         except ValueError as exc:
             return self._rejected(item.key, str(exc), item.uri, item.duration_s)
+        texts, reports = self._segment_texts(text_rows)
         return VideoPayload(
             key=item.key,
             uri=item.uri,
@@ -592,6 +691,8 @@ class _ImportRun:
             features={} if self.options.segments else {VISUAL: TimedFeatures(array, item.rate)},
             content_hash=digest,
             metadata={**item.metadata, "import": provenance},
+            texts=texts,
+            tracks=reports,
         )
 
     # -- checks ---------------------------------------------------------------------------
@@ -648,10 +749,23 @@ class _ImportRun:
         before = row.metadata.get("import") or {}
         setup = ("collection", "embedder", "segment_length_s", "feature_model")
         same_setup = all(before.get(k) == provenance[k] for k in setup)
+        # An import from before text tracks recorded none: the same as none given now.
+        same_setup = same_setup and before.get("texts", {}) == provenance["texts"]
         return same_setup and row.uri == video.uri and abs(row.duration_s - video.duration_s) < 1e-6
 
-    def _provenance(self, video: ImportedVideo) -> dict[str, Any]:
+    def _provenance(self, video: ImportedVideo, text_rows: Mapping[str, np.ndarray | None]) -> dict[str, Any]:
+        """What the catalog row's ``metadata["import"]`` records; ``texts`` holds, per track
+        that has rows for the video, their digest and model, so that a changed text file
+        counts as a changed video. A track without rows for it is left out: the video has no
+        vectors there whether its source lacks it or the track was not given, so adding a
+        text file re-publishes only the videos it holds."""
         assert self.embedder is not None
+        texts = {}
+        for text in self.texts:
+            rows = text_rows[text.track]
+            if rows is not None:
+                digest = feature_digest(rows, 1.0 / self.length_s, f"text:{text.track}")
+                texts[text.track] = {"digest": digest, "model": text.model}
         return {
             "source": str(self.source.path),
             "mode": self.summary.mode,
@@ -660,7 +774,103 @@ class _ImportRun:
             "embedder": self.embedder.identity,
             "feature_model": self.feature_model,
             "segment_length_s": self.length_s,
+            "texts": texts,
         }
+
+    # -- text tracks ----------------------------------------------------------------------
+
+    def _text_rows(self, text: _TextTrack, video: ImportedVideo) -> np.ndarray | None:
+        """The video's ``(n_segments, d)`` float32 rows of ``text``'s track, None when its
+        source lacks the video; ValueError saying what is wrong with them."""
+        if video.key not in text.keys:
+            return None
+        track = text.track
+        try:
+            rows = text.source.load(video.key)
+        except (ValueError, KeyError, OSError) as exc:
+            raise ValueError(f"cannot read its {track} features: {_reason(exc)}") from None
+        if rows.ndim != 2 or rows.shape[1] == 0:
+            raise ValueError(
+                f"its {track} features have shape {tuple(rows.shape)}; expected (n_segments, d), one row per segment"
+            )
+        if not (np.issubdtype(rows.dtype, np.floating) or np.issubdtype(rows.dtype, np.integer)):
+            raise ValueError(f"its {track} features have dtype {rows.dtype}; expected floating-point numbers")
+        rows = np.asarray(rows, dtype=np.float32)
+        expected = segment_count(video.duration_s, self.length_s)
+        if len(rows) != expected:
+            raise ValueError(
+                f"its {track} features have {len(rows)} rows, but a {video.duration_s:g}-s video has {expected} "
+                f"segments of {self.length_s:g} s; give one row per segment (all zeros where it has no {track})"
+            )
+        if text.dim is None:
+            text.dim = text.summary.dim = rows.shape[1]
+        elif rows.shape[1] != text.dim:
+            raise ValueError(
+                f"its {track} features are {rows.shape[1]}-d, the others {text.dim}-d (collection "
+                f"{text.collection!r}); one track holds one kind of text embedding"
+            )
+        bad = int(np.count_nonzero(~np.isfinite(rows)))
+        if bad:
+            raise ValueError(f"its {track} features contain {bad} NaN or infinite value(s) of {rows.size}")
+        return rows
+
+    def _segment_texts(
+        self, text_rows: Mapping[str, np.ndarray | None]
+    ) -> tuple[dict[str, SegmentText], dict[str, TrackReport]]:
+        """Each track's rows as the payload's :class:`SegmentText` (the non-zero rows, unit
+        length, with their ordinals; imported vectors come without their text) and its
+        report; a video without rows, or with zeros only, is ``empty`` in that track."""
+        texts, reports = {}, {}
+        for text in self.texts:
+            rows = text_rows[text.track]
+            ordinals = np.flatnonzero(np.any(rows != 0, axis=1)) if rows is not None else np.zeros(0, np.int64)
+            if not len(ordinals):
+                reports[text.track] = TrackReport(TrackStatus.EMPTY, source=text.label)
+                continue
+            report = TrackReport(TrackStatus.INDEXED, source=text.label, segments=len(ordinals))
+            texts[text.track] = SegmentText(
+                texts=("",) * len(rows),
+                embeddings=l2_normalize(rows[ordinals]),
+                transcript=Transcript(text.track, ()),
+                report=report,
+                model=text.model,
+                vector_ordinals=ordinals.astype(np.int64),
+            )
+            reports[text.track] = report
+        return texts, reports
+
+    def _check_track_collection(self, text: _TextTrack) -> None:
+        """Refuse, before anything is written, a track collection that exists with another
+        backend, metric, index or model; an existing one fixes the track's dimension."""
+        record = self.catalog.get_collection(text.collection)
+        if record is None:
+            return
+        try:
+            self._ensure_track(text.track, record.dim, text.model)
+        except CollectionMismatch as exc:
+            hint = "import into another collection (--collection NAME)"
+            if exc.kind == "model":
+                hint += " or name the text features' model with --text-model"
+            raise ImportInputError(f"{exc}: {hint}") from None
+        text.dim = text.summary.dim = record.dim
+
+    def _ensure_track(self, track: str, dim: int, model: str) -> str:
+        """The writer's hook: create (or check) ``<collection>__<track>`` for ``dim``-d
+        vectors of ``model``, with the visual collection's index and metric."""
+        name = track_collection(self.summary.collection, track)
+        ensure_collection(self.catalog, self.store, name, dim, model, self.index_spec, self.config.vectors.metric)
+        return name
+
+    def _existing_track_collections(self) -> dict[str, str]:
+        """The text collections beside this one (whether or not given now): a re-imported
+        video's old vectors there are replaced, or removed when it has none this time."""
+        found = {}
+        for track in TEXT_TRACKS:
+            name = track_collection(self.summary.collection, track)
+            record = self.catalog.get_collection(name)
+            if record is not None and self.store.holds(record) and self.store.has_collection(name):
+                found[track] = name
+        return found
 
     # -- embedding and the collection -----------------------------------------------------
 
@@ -719,6 +929,12 @@ class _ImportRun:
     def _published(self, payloads: Sequence[VideoPayload]) -> None:
         self.summary.imported.extend(p.key for p in payloads)
         self.summary.segments_written += sum(len(p.embeddings) for p in payloads)
+        for p in payloads:
+            for track, report in p.tracks.items():
+                counts = self.summary.tracks[track].videos
+                counts[report.status.value] = counts.get(report.status.value, 0) + 1
+            for track, text in p.texts.items():
+                self.summary.tracks[track].segments_written += len(text.embeddings)
 
     def _failed(self, key: str, error: str) -> None:
         self.summary.failed[key] = error

@@ -68,6 +68,23 @@ def add_commands(sub: Any) -> None:
         "collection, whose vectors must all come from one model (default: imported:<FEATURES name>)",
     )
     p.add_argument(
+        "--text-features",
+        action="append",
+        default=[],
+        metavar="TRACK=PATH",
+        help="per-segment text embeddings of a text track (speech, subtitles), in the layout of FEATURES and "
+        "under the same keys: one (n_segments, d) array per video, a row per segments.length_s segment, all "
+        "zeros where the segment has no text. They go into <collection>__<TRACK>. Repeatable; a re-import "
+        "replaces every track of a video, so pass all of them each time",
+    )
+    p.add_argument(
+        "--text-model",
+        metavar="NAME",
+        default="",
+        help="what produced the text embeddings (e.g. 'all-MiniLM-L6-v2'); recorded with the text collections "
+        "(default: imported:<PATH name>)",
+    )
+    p.add_argument(
         "--progress-every",
         type=int,
         default=100,
@@ -94,6 +111,8 @@ def cmd_import(config: Any, args: argparse.Namespace) -> int:
         force=args.force,
         feature_model=args.feature_model,
         progress_every=args.progress_every,
+        text_features=parse_text_features(args.text_features),
+        text_model=args.text_model,
     )
     try:
         summary = import_features(config, args.features, args.manifest, options, progress=_print_progress)
@@ -104,6 +123,23 @@ def cmd_import(config: Any, args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary))
     return 1 if summary.failed else 0
+
+
+def parse_text_features(values: list[str]) -> dict[str, str]:
+    """``["speech=a.h5", ...]`` as ``{"speech": "a.h5"}``; a malformed or repeated track is a
+    usage error (unknown track names are the importer's to refuse)."""
+    from spr.cli import UsageError
+
+    out: dict[str, str] = {}
+    for value in values:
+        track, sep, path = value.partition("=")
+        track = track.strip()
+        if not sep or not track or not path:
+            raise UsageError(f"--text-features takes TRACK=PATH (e.g. speech=speech.h5), got {value!r}")
+        if track in out:
+            raise UsageError(f"--text-features {track}= is given twice; give each track once")
+        out[track] = path
+    return out
 
 
 def _print_progress(p: Any) -> None:
@@ -132,12 +168,21 @@ def format_summary(s: Any) -> str:
             lines.append(f"  {key}: {why}")
         if len(s.failed) > _SHOWN_FAILURES:
             lines.append(f"  ... and {len(s.failed) - _SHOWN_FAILURES} more (--json lists all)")
+    for track, t in s.tracks.items():
+        videos = ", ".join(f"{n} {status}" for status, n in sorted(t.videos.items())) or "no videos"
+        lines.append(f"{track}: {videos}; {t.segments_written} segments written into {t.collection!r}")
+        if t.not_in_features:
+            lines.append(f"  in {t.source} but not in the features: {_listed(t.not_in_features)}")
     for label, keys in (
         ("in the features but not in the manifest", s.not_in_manifest),
         ("in the manifest but without features (not imported)", s.not_in_features),
     ):
         if keys:
-            more = f", ... ({len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
-            shown = ", ".join(keys[:_SHOWN_KEYS]) + more
-            lines.append(f"{label} ({len(keys)}): {shown}")
+            lines.append(f"{label}: {_listed(keys)}")
     return "\n".join(lines)
+
+
+def _listed(keys: list[str]) -> str:
+    """``"(n): k1, k2, ... (m more)"``: the first few keys and how many there are."""
+    more = f", ... ({len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+    return f"({len(keys)}): " + ", ".join(keys[:_SHOWN_KEYS]) + more
