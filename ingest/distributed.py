@@ -28,6 +28,7 @@ from .encoder import (
     hash_or_skip,
 )
 from .sources import VideoSource
+from .tracks import TextTrackEncoder, TrackSettings, transcribe_audio, transcribe_file, video_tracks
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,46 @@ def _decode_task(path: str, frame_rate: float, image_size: int, chunk_frames: in
     yield from decode_chunks(path, frame_rate, image_size, chunk_frames)
 
 
+def _audio_task(path: str, max_s: float | None):
+    """A decode task for the ASR stage: the video's audio, mono float32 at 16 kHz (or None)."""
+    from .speech import decode_audio
+
+    return decode_audio(path, max_s=max_s)
+
+
+class _SpeechActor:
+    """The ASR stage: one faster-whisper model, fed audio by decode tasks."""
+
+    def __init__(self, settings: Any) -> None:
+        from .speech import SpeechTranscriber
+
+        self.transcriber = SpeechTranscriber(settings)
+
+    def transcribe(self, audio: Any) -> tuple[Any, str]:
+        return transcribe_audio(self.transcriber, audio)
+
+
 class _EncoderActor:
     """One model copy; ``process`` runs in up to ``max_concurrency`` threads."""
 
-    def __init__(self, settings: EncoderSettings, decode_cpus: float) -> None:
+    def __init__(
+        self,
+        settings: EncoderSettings,
+        decode_cpus: float,
+        tracks: TrackSettings | None = None,
+        speech_actors: list[Any] | None = None,
+        max_audio_s: float | None = None,
+    ) -> None:
         import ray
 
         self.encoder = VideoEncoder(settings)
         self.decode = ray.remote(num_cpus=decode_cpus)(_decode_task)
+        # Audio decoding is light next to frames; a small share keeps it from waiting for them.
+        self.decode_audio = ray.remote(num_cpus=min(decode_cpus, 0.25))(_audio_task)
+        self.tracks = TextTrackEncoder(tracks) if tracks is not None else None
+        self.speech_actors = list(speech_actors or []) if tracks is not None and tracks.speech else []
+        self.max_audio_s = max_audio_s
+        self._next = 0
 
     def info(self) -> EncoderInfo:
         return self.encoder.info
@@ -101,19 +134,47 @@ class _EncoderActor:
         stream = self.decode.options(_generator_backpressure_num_objects=_DECODE_AHEAD_CHUNKS).remote(
             source.path, s.frame_rate, self.encoder.image_size, s.chunk_frames
         )
+        speech_ref = None
+        if self.speech_actors:
+            # The ASR stage runs beside the frames: decode task -> speech actor, no round trip here.
+            actor = self.speech_actors[self._next % len(self.speech_actors)]
+            self._next += 1
+            speech_ref = actor.transcribe.remote(self.decode_audio.remote(source.path, self.max_audio_s))
         try:
             probe = ray.get(next(stream))
-            return self.encoder.encode_video(source, probe, (ray.get(ref) for ref in stream), digest)
+            encoded = self.encoder.encode_video(source, probe, (ray.get(ref) for ref in stream), digest)
         except Exception as exc:  # a DecodeError arrives wrapped in a RayTaskError
+            if speech_ref is not None:
+                ray.cancel(speech_ref)
             cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
             return FailedVideo(source, str(cause) if "DecodeError" in type(cause).__name__ else f"{type(cause).__name__}: {cause}", digest)
+        if self.tracks is None:
+            return encoded
+        speech = None
+        if speech_ref is not None:
+            try:
+                speech = ray.get(speech_ref)
+            except Exception as exc:  # the audio task or the ASR actor failed: this track alone
+                cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause else exc
+                speech = (None, f"speech track failed: {cause}")
+        return _replace(encoded, tracks=video_tracks(self.tracks, source, encoded.duration_s, speech))
 
 
 class InlineEncoderPool:
     """Everything in this process: the same stages, no Ray. For small jobs and unit tests."""
 
-    def __init__(self, settings: EncoderSettings) -> None:
+    def __init__(
+        self, settings: EncoderSettings, tracks: TrackSettings | None = None, speech: Any = None,
+        max_audio_s: float | None = None,
+    ) -> None:
         self._encoder = VideoEncoder(settings)
+        self._tracks = TextTrackEncoder(tracks) if tracks is not None else None
+        self._speech = None
+        if tracks is not None and tracks.speech and speech is not None:
+            from .speech import SpeechTranscriber
+
+            self._speech = SpeechTranscriber(speech)
+        self._max_audio_s = max_audio_s
         self._done: list[Any] = []
 
     @property
@@ -124,7 +185,11 @@ class InlineEncoderPool:
         return self._encoder.info
 
     def submit(self, source: VideoSource, skip_if_hash: str | None) -> None:
-        self._done.append(self._encoder.process(source, skip_if_hash))
+        result = self._encoder.process(source, skip_if_hash)
+        if isinstance(result, EncodedVideo) and self._tracks is not None:
+            speech = transcribe_file(self._speech, source.path, self._max_audio_s) if self._speech is not None else None
+            result = _replace(result, tracks=video_tracks(self._tracks, source, result.duration_s, speech))
+        self._done.append(result)
 
     def in_flight(self) -> int:
         return len(self._done)
@@ -148,18 +213,35 @@ class RayEncoderPool:
         gpus_per_actor: float = 1.0,
         cpus_per_actor: float = 1.0,
         decode_cpus: float = 1.0,
+        tracks: TrackSettings | None = None,
+        speech: Any = None,
+        speech_actors: int = 1,
+        speech_gpus_per_actor: float = 0.5,
+        max_audio_s: float | None = None,
     ) -> None:
         import ray
 
         resources = ray.cluster_resources()
         use_gpus = resources.get("GPU", 0) > 0 and settings.device != "cpu"
         actors = max(1, actors)
+        n_speech = max(1, speech_actors) if tracks is not None and tracks.speech and speech is not None else 0
         # Actors hold their CPUs for life and every decode task needs `decode_cpus`: leave room
-        # for at least one decode task, or `--actors 2` on a 2-CPU host waits forever.
-        spare = max(0.0, float(resources.get("CPU", 0)) - decode_cpus)
-        if actors * cpus_per_actor > spare:
-            cpus_per_actor = spare / actors
-            log.warning("encoder actors share %.2f CPUs each so that decode tasks can run", cpus_per_actor)
+        # for at least one decode task, or `--actors 2` on a 2-CPU host waits forever. The ASR
+        # actors share the same budget.
+        spare = max(0.0, float(resources.get("CPU", 0)) - decode_cpus - 0.25 * bool(n_speech))
+        if (actors + n_speech) * cpus_per_actor > spare:
+            cpus_per_actor = spare / (actors + n_speech)
+            log.warning("encoder and ASR actors share %.2f CPUs each so that decode tasks can run", cpus_per_actor)
+        self._speech_actors = []
+        if n_speech:
+            speech_cls = ray.remote(_SpeechActor)
+            speech_options = {
+                "num_cpus": cpus_per_actor,
+                "num_gpus": speech_gpus_per_actor if use_gpus else 0,
+                "max_restarts": 2,
+                "max_concurrency": 2,
+            }
+            self._speech_actors = [speech_cls.options(**speech_options).remote(speech) for _ in range(n_speech)]
         options: dict[str, Any] = {
             "num_cpus": cpus_per_actor,
             "num_gpus": gpus_per_actor if use_gpus else 0,
@@ -170,7 +252,10 @@ class RayEncoderPool:
         if not use_gpus and settings.device == "auto":
             settings = _replace(settings, device="cpu")
         actor_cls = ray.remote(_EncoderActor)
-        self._actors = [actor_cls.options(**options).remote(settings, decode_cpus) for _ in range(actors)]
+        self._actors = [
+            actor_cls.options(**options).remote(settings, decode_cpus, tracks, self._speech_actors, max_audio_s)
+            for _ in range(actors)
+        ]
         self._per_actor = max(1, videos_per_actor)
         self._pending: dict[Any, tuple[int, VideoSource]] = {}
         self._load = [0] * len(self._actors)
@@ -212,9 +297,10 @@ class RayEncoderPool:
     def close(self) -> None:
         import ray
 
-        for actor in self._actors:
+        for actor in self._actors + self._speech_actors:
             ray.kill(actor)
         self._actors = []
+        self._speech_actors = []
 
 
 def _replace(settings: EncoderSettings, **changes: Any) -> EncoderSettings:

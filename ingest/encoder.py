@@ -89,6 +89,8 @@ class EncodedVideo:
     embeddings: np.ndarray
     decode_s: float
     encode_s: float
+    # The text tracks (speech, subtitles) when the run has them (spr.ingest.tracks.TrackOutcome).
+    tracks: Any = None
 
 
 @dataclass(frozen=True)

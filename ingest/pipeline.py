@@ -21,14 +21,16 @@ from prometheus_client import CollectorRegistry
 
 from spr.catalog import SegmentCatalog, VideoStatus
 from spr.config import Config
-from spr.features import FrameFeatureStore, TimedFeatures
+from spr.features import FrameFeatureStore, Modality, TimedFeatures
 from spr.publish import CollectionMismatch, VideoPayload, ensure_collection, unpublish_video
 from spr.stores import index_spec_from_config, open_vector_store
 from spr.telemetry import IngestMetrics, serve_metrics
+from spr.text_tracks import TEXT_TRACKS, track_collection
 
 from .encoder import EncodedVideo, EncoderInfo, EncoderSettings, FailedVideo, SkippedVideo
 from .progress import IngestProgress
 from .sources import VideoSource
+from .tracks import TrackSettings
 from .writer import FlushRule, ReaderItem, RejectedVideo, Unchanged, VideoWriter
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,11 @@ class IngestSummary:
     startup_s: float = 0.0  # Ray and model start-up, before that
     failures: list[tuple[str, str]] = field(default_factory=list)  # (key, error)
     encoder: EncoderInfo | None = None
+    # Text tracks: per track, videos per outcome ("indexed", "empty", "failed", "off") and
+    # segments with text; the warnings recorded on catalog rows, as (key, warning).
+    tracks: dict[str, dict[str, int]] = field(default_factory=dict)
+    text_segments: dict[str, int] = field(default_factory=dict)
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def video_seconds_per_s(self) -> float:
@@ -73,17 +80,31 @@ def run_ingest(
     progress: IngestProgress | None = None,
     on_published: Callable[[list[str]], None] | None = None,
     metrics_registry: CollectorRegistry | None = None,
+    speech: bool | None = None,
+    subtitles: bool | None = None,
 ) -> IngestSummary:
     """Ingest ``sources`` into ``collection`` (default ``config.vectors.collection``).
 
     ``executor`` is ``"ray"`` (actors and decode tasks on the configured cluster, or a local
     Ray) or ``"inline"`` (this process). ``force`` re-processes unchanged videos.
 
+    Text tracks: subtitles and speech (``subtitles.enabled``, ``speech.enabled``; ``speech`` /
+    ``subtitles`` override them) go into ``<collection>__subtitles`` / ``<collection>__speech``,
+    made when the first video has such text; a track that fails fails alone.
+
     Prometheus counters go to ``metrics_registry`` (default: the process's ingest registry) and,
     when ``metrics.enabled``, are served on ``metrics.host``:``metrics.ingest_port`` (0: a free
     port, logged) for the duration of the run."""
     collection = collection or config.vectors.collection
     settings = EncoderSettings.from_config(config)
+    tracks = TrackSettings.from_config(config, speech, subtitles)
+    tracks = tracks if tracks.enabled else None
+    speech_settings = None
+    if tracks is not None and tracks.speech:
+        from .speech import SpeechSettings
+
+        speech_settings = SpeechSettings.from_config(config)
+    max_audio_s = config.speech.max_audio_hours * 3600.0
     t0 = time.perf_counter()
     catalog = SegmentCatalog.from_config(config)
     store = open_vector_store(config)
@@ -103,11 +124,16 @@ def run_ingest(
                 videos_per_actor=config.ingest.decode_workers,
                 gpus_per_actor=config.ingest.gpus_per_actor,
                 cpus_per_actor=config.ingest.cpus_per_actor,
+                tracks=tracks,
+                speech=speech_settings,
+                speech_actors=config.speech.actors,
+                speech_gpus_per_actor=config.speech.gpus_per_actor,
+                max_audio_s=max_audio_s,
             )
         elif executor == "inline":
             from .distributed import InlineEncoderPool
 
-            pool = InlineEncoderPool(settings)
+            pool = InlineEncoderPool(settings, tracks, speech_settings, max_audio_s)
         else:
             raise ValueError(f"executor must be 'ray' or 'inline', got {executor!r}")
         info = pool.info()
@@ -116,6 +142,11 @@ def run_ingest(
             ensure_collection(catalog, store, collection, info.dim, info.feature_model, spec, config.vectors.metric)
         except CollectionMismatch as exc:
             raise IngestError(f"{exc}: ingest into a new collection (--collection NAME) and swap it in") from None
+
+        def ensure_track(track: Modality, dim: int, model: str) -> str:
+            name = track_collection(collection, track)
+            ensure_collection(catalog, store, name, dim, model, spec, config.vectors.metric)
+            return name
         summary = IngestSummary(0, collection, videos_total=len(sources), encoder=info)
         t_work = time.perf_counter()
         summary.startup_s = t_work - t0
@@ -130,10 +161,14 @@ def run_ingest(
         writer = VideoWriter(
             catalog, store, collection, config.segments.length_s, features, info.feature_model,
             FlushRule.from_config(config), on_published=report.published, on_failed=report.failed,
-            on_skipped=report.skipped,
+            on_skipped=report.skipped, text_collections=_track_collections(catalog, store, collection),
+            ensure_track=ensure_track,
         )
         in_flight = max(pool.capacity, config.ingest.max_videos_in_flight)
-        run_config = {"collection": collection, "executor": executor, "feature_model": info.feature_model, "force": force}
+        run_config = {
+            "collection": collection, "executor": executor, "feature_model": info.feature_model, "force": force,
+            "tracks": list(tracks.enabled) if tracks is not None else [],
+        }
         results = _encoded_videos(pool, sources, catalog, force, in_flight, metrics, progress)
         summary.run_id = writer.run(results, run_config, len(sources))
         summary.wall_s = time.perf_counter() - t_work
@@ -200,6 +235,7 @@ def _as_item(result: Any) -> ReaderItem:
     """An encoder's result as the writer's item."""
     if isinstance(result, EncodedVideo):
         source = result.source
+        outcome = result.tracks
         return VideoPayload(
             key=source.key,
             uri=source.uri,
@@ -209,6 +245,9 @@ def _as_item(result: Any) -> ReaderItem:
             fps=result.source_fps,
             content_hash=result.content_hash,
             metadata={**source.metadata, "path": source.path, **_fingerprint(source)},
+            texts=dict(outcome.texts) if outcome is not None else {},
+            tracks=dict(outcome.reports) if outcome is not None else {},
+            warnings=tuple(outcome.warnings) if outcome is not None else (),
         )
     if isinstance(result, SkippedVideo):
         return Unchanged(result.source.key)
@@ -217,6 +256,18 @@ def _as_item(result: Any) -> ReaderItem:
         metadata = {**source.metadata, "path": source.path}
         return RejectedVideo(source.key, result.error, source.uri, 0.0, result.content_hash, metadata)
     raise TypeError(f"unexpected encoder result {result!r}")
+
+
+def _track_collections(catalog: SegmentCatalog, store: Any, collection: str) -> dict[Modality, str]:
+    """The text collections that exist beside ``collection``: a re-ingested video's old text
+    vectors there are replaced (or removed) even when this run finds no text for it."""
+    found = {}
+    for track in TEXT_TRACKS:
+        name = track_collection(collection, track)
+        record = catalog.get_collection(name)
+        if record is not None and store.holds(record) and store.has_collection(name):
+            found[track] = name
+    return found
 
 
 def _skip_hash(catalog: SegmentCatalog, source: VideoSource) -> str | None:
@@ -250,6 +301,13 @@ class _Report:
         seconds = sum(p.duration_s for p in payloads)
         frames = sum(len(rows.values) for p in payloads for rows in p.features.values())
         s = self.summary
+        for p in payloads:
+            for track, report in p.tracks.items():
+                by_status = s.tracks.setdefault(track, {})
+                by_status[report.status.value] = by_status.get(report.status.value, 0) + 1
+            for track, text in p.texts.items():
+                s.text_segments[track] = s.text_segments.get(track, 0) + len(text.embeddings)
+            s.warnings += [(p.key, w) for w in p.warnings]
         s.videos_done += len(payloads)
         s.segments_written += segments
         s.video_seconds += seconds

@@ -12,6 +12,11 @@ A re-embedding that crashes or fails is finished by re-running it: the same ids 
 again, so the new collection ends with each segment once. That collection is not searched
 until the search side switches to it (``vectors.collection``, or a request's ``collection``),
 so a half-filled one is seen by no user; both can be compared with ``spr eval`` first.
+
+The text tracks come along: each video's segment texts (speech, subtitles) are read from the
+catalog and embedded with the configured sentence encoder (``text.model``) into the new
+collection's ``<collection>__speech`` / ``<collection>__subtitles``, so switching to it keeps
+what is said and written searchable, and a new text model is adopted the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from spr.features import VISUAL, FeatureNotFound, FrameFeatureStore
 from spr.publish import CollectionMismatch, VideoPayload, ensure_collection
 from spr.segments import segment_count, segment_rows
 from spr.stores import VectorStore, index_spec_from_config, open_vector_store
+from spr.text_tracks import TEXT_TRACKS, SegmentText, Transcript, track_collection
 
 from .writer import FlushRule, ReaderItem, VideoWriter
 
@@ -50,6 +56,8 @@ class ReembedSummary:
     missing: list[str] = field(default_factory=list)  # ready videos without stored features
     wall_s: float = 0.0
     run_id: int | None = None
+    text_model: str = ""  # the sentence encoder that re-embedded the text tracks
+    text_segments: dict[str, int] = field(default_factory=dict)  # per track, segments re-embedded
 
 
 def reembed_collection(
@@ -77,6 +85,9 @@ def reembed_collection(
         def published(payloads: Sequence[VideoPayload]) -> None:
             summary.videos += len(payloads)
             summary.segments += sum(len(p.embeddings) for p in payloads)
+            for p in payloads:
+                for track, text in p.texts.items():
+                    summary.text_segments[track] = summary.text_segments.get(track, 0) + len(text.embeddings)
             if on_batch is not None:
                 on_batch(summary.videos, len(videos))
 
@@ -84,7 +95,8 @@ def reembed_collection(
         # feature store (hence no feature store for the writer).
         writer = VideoWriter(
             catalog, store, collection, config.segments.length_s, None, "", FlushRule.from_config(config),
-            on_published=published, publish=upsert_into(catalog, store, collection, config.segments.length_s),
+            on_published=published,
+            publish=upsert_into(catalog, store, collection, config.segments.length_s, reader.ensure_track),
         )
         run_config = {"command": "reembed", "collection": collection, "projector": config.projector.checkpoint}
         summary.run_id = writer.run(reader.items(videos), run_config, len(videos))
@@ -97,16 +109,22 @@ def reembed_collection(
 
 
 def upsert_into(
-    catalog: SegmentCatalog, store: VectorStore, collection: str, segment_length_s: float
+    catalog: SegmentCatalog,
+    store: VectorStore,
+    collection: str,
+    segment_length_s: float,
+    ensure_track: Callable[[str, int, str], str] | None = None,
 ) -> Callable[[Sequence[VideoPayload]], None]:
     """The writer's publish step for a re-embedding: one upsert of the batch's vectors into
-    ``collection`` under the catalog's segment ids (``spr.ids``: video id, ordinal), then a
-    flush. Video rows, segments and other collections are left as they are; a re-run upserts
-    the same ids, so nothing is duplicated. Errors are :class:`ReembedError`, not
-    ``ValueError``: the writer would record a ``ValueError``'s videos ``failed`` in the catalog,
-    hiding them from the live collection."""
+    ``collection`` under the catalog's segment ids (``spr.ids``: video id, ordinal), and of its
+    text tracks' vectors into ``<collection>__<track>`` (``ensure_track(track, dim, model)``
+    names it), then a flush of each. Video rows, segments and other collections are left as
+    they are; a re-run upserts the same ids, so nothing is duplicated. Errors are
+    :class:`ReembedError`, not ``ValueError``: the writer would record a ``ValueError``'s videos
+    ``failed`` in the catalog, hiding them from the live collection."""
 
     def publish(payloads: Sequence[VideoPayload]) -> None:
+        _upsert_texts(catalog, store, payloads, ensure_track)
         ids, vectors, tags = [], [], []
         for p in payloads:
             video = catalog.get_video(p.key)
@@ -126,6 +144,28 @@ def upsert_into(
     return publish
 
 
+def _upsert_texts(
+    catalog: SegmentCatalog, store: VectorStore, payloads: Sequence[VideoPayload], ensure_track: Any
+) -> None:
+    by_track: dict[str, tuple[list[np.ndarray], list[np.ndarray], list[str]]] = {}
+    for p in payloads:
+        video = catalog.get_video(p.key)
+        for track, text in p.texts.items():
+            ids, vectors, tags = by_track.setdefault(track, ([], [], []))
+            ids.append(spr_ids.segment_id(video.id, 0) + text.ordinals)
+            vectors.append(np.asarray(text.embeddings, dtype=np.float32))
+            tags += [p.key] * len(text.embeddings)
+    for track, (ids, vectors, tags) in by_track.items():
+        if not tags:
+            continue
+        name = ensure_track(track, int(vectors[0].shape[1]), next(iter(p.texts[track].model for p in payloads if track in p.texts)))
+        try:
+            store.upsert(name, np.concatenate(ids), np.concatenate(vectors), tags)
+        except ValueError as exc:
+            raise ReembedError(f"writing to {name!r} failed: {exc}") from exc
+        store.flush(name)
+
+
 class _StoredFeatures:
     """The stored-features reader: each video's visual features, pooled into its segments and
     embedded, as the writer's item. The projector is loaded, and the collection prepared, when
@@ -139,6 +179,8 @@ class _StoredFeatures:
         self.collection = collection
         self.summary = summary
         self.projectors: Any = None
+        self._text_encoder: Any = None
+        self._track_collections: dict[str, str] = {}
 
     def items(self, videos: Sequence[VideoRecord]) -> Iterator[ReaderItem]:
         length_s = self.config.segments.length_s
@@ -160,7 +202,45 @@ class _StoredFeatures:
                 fps=video.fps,
                 content_hash=video.content_hash,
                 metadata=video.metadata,
+                texts=self._texts(video, len(rows)),
             )
+
+    def _texts(self, video: VideoRecord, segments: int) -> dict[str, SegmentText]:
+        """The video's catalog segment texts per track, embedded by the configured sentence
+        encoder (loaded on the first video that has any text)."""
+        stored = self.catalog.segment_texts(spr_ids.segment_ids(video.id, segments).tolist())
+        base = spr_ids.segment_id(video.id, 0)
+        out = {}
+        for track in TEXT_TRACKS:
+            per_segment = [""] * segments
+            for sid, texts in stored.items():
+                if texts.get(track) and 0 <= sid - base < segments:
+                    per_segment[sid - base] = texts[track]
+            wanted = [t for t in per_segment if t]
+            if not wanted:
+                continue
+            if self._text_encoder is None:
+                from spr.models.text import SentenceEncoder
+
+                self._text_encoder = SentenceEncoder.from_config(self.config)
+                self.summary.text_model = self._text_encoder.identity
+            out[track] = SegmentText(
+                tuple(per_segment), self._text_encoder.encode(wanted), Transcript(track, ()),
+                model=self._text_encoder.identity,
+            )
+        return out
+
+    def ensure_track(self, track: str, dim: int, model: str) -> str:
+        """The new collection's ``track`` collection (``<collection>__<track>``), created or checked."""
+        if track not in self._track_collections:
+            name = track_collection(self.collection, track)
+            spec = index_spec_from_config(self.config.vectors.index)
+            try:
+                ensure_collection(self.catalog, self.store, name, dim, model, spec, self.config.vectors.metric)
+            except CollectionMismatch as exc:
+                raise ReembedError(f"{exc}: choose a new name") from None
+            self._track_collections[track] = name
+        return self._track_collections[track]
 
     def _setup(self, video_id: int) -> None:
         """Load the projector for the stored features' size; create (or check) the collection."""

@@ -31,12 +31,14 @@ class SourceError(ValueError):
 @dataclass(frozen=True)
 class VideoSource:
     """One video to ingest: ``key`` (catalog name), ``path`` (local file the decoder opens),
-    ``uri`` (recorded in the catalog; the path as a file URI unless the manifest gave one)."""
+    ``uri`` (recorded in the catalog; the path as a file URI unless the manifest gave one),
+    ``subtitles`` (subtitle files the manifest named for it, besides any found beside it)."""
 
     key: str
     path: str
     uri: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    subtitles: tuple[str, ...] = ()
 
     def fingerprint(self) -> dict[str, int]:
         """``{"file_size", "file_mtime_ns"}``: lets a re-run skip an unchanged file without
@@ -94,7 +96,8 @@ def sources_from_manifest(manifest: str | os.PathLike[str]) -> list[VideoSource]
             raise SourceError(f"{where}: metadata must be an object, got {type(metadata).__name__}")
         key = str(row.get("key") or path.name)
         uri = str(row.get("uri") or path.resolve().as_uri())
-        _add(found, VideoSource(key, str(path), uri, dict(metadata)), where)
+        subtitles = _subtitle_paths(row.get("subtitles"), manifest.parent, where)
+        _add(found, VideoSource(key, str(path), uri, dict(metadata), subtitles), where)
     return list(found.values())
 
 
@@ -105,6 +108,29 @@ def file_digest(path: str | os.PathLike[str], block: int = 1 << 20) -> str:
         while chunk := fh.read(block):
             h.update(chunk)
     return f"sha256:{h.hexdigest()}"
+
+
+def _subtitle_paths(value: Any, folder: Path, where: str) -> tuple[str, ...]:
+    """A row's ``subtitles``: one path or a list of them (in CSV, a JSON list), relative to
+    the manifest's folder like ``path``."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise SourceError(f"{where}: subtitles is not a JSON list of paths: {exc}") from None
+    if value is None or value == "":
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) and item.strip() for item in items):
+        raise SourceError(
+            f"{where}: subtitles must be a path or a list of paths (strings) to .srt/.vtt/.ass/.ssa files, "
+            f"got {value!r}"
+        )
+    paths = []
+    for item in items:
+        path = Path(item).expanduser()
+        paths.append(str(path if path.is_absolute() else folder / path))
+    return tuple(paths)
 
 
 def _source(key: str, path: Path) -> VideoSource:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from spr.catalog import SegmentCatalog
-from spr.features import FrameFeatureStore
+from spr.features import FrameFeatureStore, Modality
 from spr.publish import VideoPayload, publish_videos
 from spr.stores import VectorStore
 
@@ -113,6 +113,8 @@ class VideoWriter:
         on_failed: Callable[[str, str], None] | None = None,
         on_skipped: Callable[[str], None] | None = None,
         publish: Callable[[Sequence[VideoPayload]], object] | None = None,
+        text_collections: Mapping[Modality, str] | None = None,
+        ensure_track: Callable[[Modality, int, str], str] | None = None,
     ) -> None:
         self.catalog = catalog
         self.store = store
@@ -125,6 +127,11 @@ class VideoWriter:
         self.on_failed = on_failed
         self.on_skipped = on_skipped
         self.publish = publish
+        # Text tracks (speech, subtitles) -> their collections. A track's collection is made on
+        # the first video that has its text (``ensure_track(track, dim, model) -> name``), so a
+        # corpus without speech never gets an empty speech collection.
+        self.text_collections: dict[Modality, str] = dict(text_collections or {})
+        self.ensure_track = ensure_track
         self.run_id: int | None = None
         self.published = 0  # videos made ready by this writer
         self.queue: list[VideoPayload] = []
@@ -251,9 +258,15 @@ class VideoWriter:
         if self.publish is not None:
             self.publish(payloads)
             return
+        for payload in payloads:
+            for track, text in payload.texts.items():
+                if track not in self.text_collections:
+                    if self.ensure_track is None:
+                        raise ValueError(f"video {payload.key!r} has {track} text but this run keeps no {track} track")
+                    self.text_collections[track] = self.ensure_track(track, int(text.embeddings.shape[1]), text.model)
         publish_videos(
             self.catalog, self.store, self.collection, payloads, self.segment_length_s, self.feature_store,
-            self.feature_model,
+            self.feature_model, self.text_collections,
         )
 
     def report_counts(self) -> None:

@@ -300,6 +300,13 @@ class FusionConfig:
     speech: float = 1.0
     subtitles: float = 1.0
     include_random: bool = False
+    # Hits below these similarities are dropped before fusion. Rank fusion credits every
+    # list's first hit alike, so a track whose best match is unrelated (MiniLM cosine ~0.1)
+    # would tie with one that matches (0.5+). None for the visual modality (CLIP scores sit
+    # in a narrow band that depends on the model).
+    min_score_visual: float = -1.0
+    min_score_speech: float = 0.2
+    min_score_subtitles: float = 0.2
 
 
 @dataclass(frozen=True)

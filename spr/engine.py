@@ -501,7 +501,8 @@ class MomentSearch:
             answers = list(self._pool.map(one, searched))
         lists = {}
         for modality, hits, embed_ms, ann_ms in answers:
-            lists[modality] = hits
+            floor = float(getattr(self.config.fusion, f"min_score_{modality}", -math.inf))
+            lists[modality] = [(sid, score) for sid, score in hits if score >= floor]
             if modality != VISUAL:
                 timings[f"embed.{modality}"] = embed_ms
                 timings["embed"] += embed_ms

@@ -122,6 +122,10 @@ def cmd_config(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+# `spr status` lists the warnings (broken subtitle files, failed ASR) of at most this many videos.
+_STATUS_WARNINGS = 20
+
+
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     from spr.catalog import SegmentCatalog, masked_url
     from spr.stores import open_vector_store
@@ -130,8 +134,17 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         counts = catalog.count_by_status()
         collections = catalog.list_collections()
         segments = catalog.segment_count()
+        tracks = catalog.track_counts()
+        texts = {track: catalog.segment_text_count(track) for track in tracks}
+        warned = [v for v in catalog.list_videos() if v.warnings][:_STATUS_WARNINGS]
     print(f"catalog  {masked_url(config.catalog_url)}")
     print("videos   " + "  ".join(f"{status}={n}" for status, n in counts.items()) + f"  (segments: {segments})")
+    for track, by_status in sorted(tracks.items()):
+        statuses = "  ".join(f"{status}={n}" for status, n in sorted(by_status.items()))
+        print(f"{track:<9}{statuses}  (segments with text: {texts[track]})")
+    for video in warned:
+        for warning in video.warnings:
+            print(f"warning  {video.key}: {warning}")
     if not collections:
         print("collections: none")
         return 0

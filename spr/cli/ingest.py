@@ -22,6 +22,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--actors", type=int, help="encoder actors (default: ingest.encoder_actors)")
     p.add_argument("--executor", choices=("ray", "inline"), default="ray", help="'inline' runs in this process, without Ray")
     p.add_argument("--force", action="store_true", help="re-process videos even when unchanged")
+    p.add_argument("--no-speech", action="store_true", help="skip the speech track (default: speech.enabled)")
+    p.add_argument("--no-subtitles", action="store_true", help="skip the subtitle track (default: subtitles.enabled)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_ingest)
 
@@ -61,7 +63,10 @@ def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
     if not sources:
         raise UsageError("no video files found in the given paths")
     try:
-        summary = run_ingest(config, sources, args.collection, executor=args.executor, actors=args.actors, force=args.force)
+        summary = run_ingest(
+            config, sources, args.collection, executor=args.executor, actors=args.actors, force=args.force,
+            speech=False if args.no_speech else None, subtitles=False if args.no_subtitles else None,
+        )
     except IngestError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -90,12 +95,16 @@ def cmd_reembed(config: Any, args: argparse.Namespace) -> int:
         "segments": summary.segments,
         "missing_features": summary.missing,
         "wall_s": summary.wall_s,
+        "text_model": summary.text_model,
+        "text_segments": summary.text_segments,
     }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(f"re-embedded {summary.videos} videos ({summary.segments} segments) into {summary.collection!r} "
               f"with {summary.feature_model} in {summary.wall_s:.1f} s")
+        for track, n in sorted(summary.text_segments.items()):
+            print(f"  {track}: {n} segments with text re-embedded with {summary.text_model}")
         for key in summary.missing:
             print(f"  no stored features: {key} (re-ingest it)", file=sys.stderr)
     return 1 if summary.missing else 0
@@ -126,6 +135,9 @@ def _summary_json(s: Any) -> dict[str, Any]:
         "failures": [{"key": k, "error": e} for k, e in s.failures],
         "feature_model": s.encoder.feature_model if s.encoder else None,
         "random_weights": bool(s.encoder and s.encoder.random_weights),
+        "tracks": s.tracks,
+        "text_segments": s.text_segments,
+        "warnings": [{"key": k, "warning": w} for k, w in s.warnings],
     }
 
 
@@ -142,5 +154,10 @@ def _print_summary(s: Any) -> None:
         print(f"  model: {s.encoder.feature_model} on {s.encoder.device}")
         if s.encoder.random_weights:
             print("  NOTE: weights are random/untrained: the vectors are meaningless for real search")
+    for track, by_status in sorted(s.tracks.items()):
+        statuses = ", ".join(f"{n} {status}" for status, n in sorted(by_status.items()))
+        print(f"  {track}: {statuses}; {s.text_segments.get(track, 0)} segments with text")
+    for key, warning in s.warnings:
+        print(f"  WARNING {key}: {warning}", file=sys.stderr)
     for key, error in s.failures:
         print(f"  FAILED {key}: {error}", file=sys.stderr)
