@@ -10,6 +10,7 @@ must run on a GPU box with nothing but torch and the refiner installed, so every
 from __future__ import annotations
 
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -119,6 +120,27 @@ def load_collection(
     store.wait_until_indexed(name, timeout_s=timeout_s)
 
 
+# --- the machine ---------------------------------------------------------------------------------
+
+
+def cpu_description() -> str:
+    """``"AMD EPYC, 2 CPUs, flags: avx2 avx512f avx512_bf16 (no amx)"`` from /proc/cpuinfo."""
+    model, flags = platform.processor() or "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"]
+    have = [f for f in wanted if f in flags]
+    amx = "" if any(f.startswith("amx") for f in have) else " (no amx)"
+    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(have) or 'none of ' + ' '.join(wanted)}{amx}"
+
+
 # --- figures and the load beside them ------------------------------------------------------------
 
 
@@ -168,3 +190,16 @@ class OthersCpu:
         t1, busy1, ours1 = self._sample()
         t0, busy0, ours0 = self._start
         return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / max(t1 - t0, 1e-9)
+
+
+# Sentences the speech benchmarks have espeak-ng speak (short, plain English, Whisper-friendly).
+SPOKEN_SENTENCES = [
+    "The red car stops at the old bridge.",
+    "A dog is running across the green field.",
+    "Please open the kitchen window now.",
+    "Two children are playing football in the park.",
+    "The woman reads a book on the train.",
+    "It starts to rain over the quiet street.",
+    "A man answers the phone and laughs.",
+    "The cat jumps onto the wooden table.",
+]

@@ -15,24 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import OthersCpu, cpu_description  # bench/ is on the path of a script run from it
+from _common import SPOKEN_SENTENCES as SENTENCES, OthersCpu, cpu_description  # bench/ is on the path of a script run from it
 
 
-SENTENCES = [
-    "The red car stops at the old bridge.",
-    "A dog is running across the green field.",
-    "Please open the kitchen window now.",
-    "Two children are playing football in the park.",
-    "The woman reads a book on the train.",
-    "It starts to rain over the quiet street.",
-    "A man answers the phone and laughs.",
-    "The cat jumps onto the wooden table.",
-]
 PAUSE_S = 0.6
 
 

@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import math
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -43,7 +42,7 @@ from spr.ingest.distributed import RayEncoderPool, start_ray
 from spr.ingest.encoder import EncodedVideo, EncoderSettings, FailedVideo, VideoEncoder, decode_chunks, hash_or_skip
 from spr.ingest.sources import VideoSource, sources_from_paths
 
-from _common import write_videos  # bench/ is on the path of a script run from it
+from _common import cpu_description, write_videos  # bench/ is on the path of a script run from it
 
 
 @dataclasses.dataclass
@@ -75,24 +74,6 @@ class ArmResult:
 
 
 # --- machine ----------------------------------------------------------------------------------
-
-
-def cpu_description() -> str:
-    """``"AMD EPYC, 2 CPUs, flags: avx2 avx512f avx512_bf16 (no amx)"`` from /proc/cpuinfo."""
-    model, flags = platform.processor() or "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"]
-    have = [f for f in wanted if f in flags]
-    amx = "" if any(f.startswith("amx") for f in have) else " (no amx)"
-    return f"{model}, {os.cpu_count()} CPUs, flags: {' '.join(have) or 'none of ' + ' '.join(wanted)}{amx}"
 
 
 def remote_torch_threads(num_cpus: float) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,8 @@ class _EncoderActor:
         settings: EncoderSettings,
         decode_cpus: float,
         tracks: TrackSettings | None = None,
-        speech_actors: list[Any] | None = None,
         max_audio_s: float | None = None,
+        speech_actor_names: tuple[str, ...] = (),
     ) -> None:
         import ray
 
@@ -117,7 +118,10 @@ class _EncoderActor:
         # Audio decoding is light next to frames; a small share keeps it from waiting for them.
         self.decode_audio = ray.remote(num_cpus=min(decode_cpus, 0.25))(_audio_task)
         self.tracks = TextTrackEncoder(tracks) if tracks is not None else None
-        self.speech_actors = list(speech_actors or []) if tracks is not None and tracks.speech else []
+        # The ASR actors by name, not by handle: handles among the constructor's arguments
+        # would tie this actor's restarts to the object store (ray#53727); a name survives.
+        wanted = tracks is not None and tracks.speech
+        self.speech_actors = [ray.get_actor(name) for name in speech_actor_names] if wanted else []
         self.max_audio_s = max_audio_s
         self._next = 0
 
@@ -241,7 +245,11 @@ class RayEncoderPool:
                 "max_restarts": 2,
                 "max_concurrency": 2,
             }
-            self._speech_actors = [speech_cls.options(**speech_options).remote(speech) for _ in range(n_speech)]
+            run = uuid.uuid4().hex[:8]
+            names = tuple(f"spr-asr-{run}-{i}" for i in range(n_speech))
+            self._speech_actors = [speech_cls.options(name=n, **speech_options).remote(speech) for n in names]
+        else:
+            names = ()
         options: dict[str, Any] = {
             "num_cpus": cpus_per_actor,
             "num_gpus": gpus_per_actor if use_gpus else 0,
@@ -253,8 +261,7 @@ class RayEncoderPool:
             settings = _replace(settings, device="cpu")
         actor_cls = ray.remote(_EncoderActor)
         self._actors = [
-            actor_cls.options(**options).remote(settings, decode_cpus, tracks, self._speech_actors, max_audio_s)
-            for _ in range(actors)
+            actor_cls.options(**options).remote(settings, decode_cpus, tracks, max_audio_s, names) for _ in range(actors)
         ]
         self._per_actor = max(1, videos_per_actor)
         self._pending: dict[Any, tuple[int, VideoSource]] = {}

@@ -73,42 +73,55 @@ def fuse(
     lists: Mapping[str, RankedList],
     weights: Mapping[str, float],
     k: float = DEFAULT_RRF_K,
+    groups: Mapping[str, str] | None = None,
 ) -> list[FusedHit]:
     """Fuse ``lists`` (modality -> hits best first) with ``method`` (``"rrf"`` or ``"sum"``,
     a :class:`spr.config.FusionMethod` works too). ``k`` is used by RRF only, but is checked
-    either way so a bad configuration fails on first use."""
+    either way so a bad configuration fails on first use.
+
+    ``groups`` (modality -> group name) puts modalities whose scores share one scale (speech
+    and subtitles, embedded by the same sentence encoder) together: they are ranked (RRF) or
+    normalised (sum) as one list, so the best subtitle hit of an unrelated video does not count
+    as much as the best spoken hit of the right one just for heading its own list."""
     name = str(method).casefold()
     if name not in METHODS:
         raise ValueError(f"unknown fusion method {method!r}; use one of {', '.join(METHODS)} (fusion.method)")
     _check_k(k)
     if name == RANKED:
-        return fuse_rrf(lists, weights, k)
-    return fuse_weighted_sum(lists, weights)
+        return fuse_rrf(lists, weights, k, groups)
+    return fuse_weighted_sum(lists, weights, groups)
 
 
 def fuse_rrf(
     lists: Mapping[str, RankedList],
     weights: Mapping[str, float],
     k: float = DEFAULT_RRF_K,
+    groups: Mapping[str, str] | None = None,
 ) -> list[FusedHit]:
     """Weighted reciprocal-rank fusion: ``sum_m w_m / (k + rank_m + 1)`` with 0-based
-    ``rank_m``. Modalities with weight 0 or no weight are ignored."""
+    ``rank_m`` (within its group's joint ranking when ``groups`` joins it to others).
+    Modalities with weight 0 or no weight are ignored."""
     _check_k(k)
-    contributions = _contributions(lists, _searched(lists, weights))
+    searched = _searched(lists, weights)
+    contributions = _contributions(lists, searched)
+    joint = _joint_ranks(lists, searched, groups or {})
     scores = {
-        segment_id: sum(weights[c.modality] / (k + c.rank + 1) for c in parts)
+        segment_id: sum(weights[c.modality] / (k + joint.get((c.modality, c.rank), c.rank) + 1) for c in parts)
         for segment_id, parts in contributions.items()
     }
     return _ranked(scores, contributions)
 
 
-def fuse_weighted_sum(lists: Mapping[str, RankedList], weights: Mapping[str, float]) -> list[FusedHit]:
+def fuse_weighted_sum(
+    lists: Mapping[str, RankedList], weights: Mapping[str, float], groups: Mapping[str, str] | None = None
+) -> list[FusedHit]:
     """Weighted mean of per-modality min-max normalised scores (a single-hit or constant list
     normalises to 1.0; a segment a modality did not return gets 0 from it), divided by the
-    sum of the weights of the searched modalities."""
+    sum of the weights of the searched modalities. Modalities of one group share one min and
+    max."""
     searched = _searched(lists, weights)
     total_weight = sum(weights[m] for m in searched)
-    normalised = {m: _min_max(lists[m]) for m in searched}
+    normalised = _normalised(lists, searched, groups or {})
     contributions = _contributions(lists, searched)
     scores = {
         segment_id: sum(weights[c.modality] * normalised[c.modality][c.rank] for c in parts) / total_weight
@@ -146,6 +159,43 @@ def _contributions(lists: Mapping[str, RankedList], searched: Sequence[str]) -> 
                 continue
             seen.add(segment_id)
             out.setdefault(int(segment_id), []).append(Contribution(modality, rank, float(score)))
+    return out
+
+
+def _group_members(searched: Sequence[str], groups: Mapping[str, str]) -> list[list[str]]:
+    """The searched modalities in groups of two or more (each in modality-name order)."""
+    by_group: dict[str, list[str]] = {}
+    for m in searched:
+        if m in groups:
+            by_group.setdefault(groups[m], []).append(m)
+    return [members for members in by_group.values() if len(members) > 1]
+
+
+def _joint_ranks(
+    lists: Mapping[str, RankedList], searched: Sequence[str], groups: Mapping[str, str]
+) -> dict[tuple[str, int], int]:
+    """``(modality, own rank) -> rank in its group's joint list`` (hits of all the group's
+    lists by score, best first; ties in modality-name order), for grouped modalities only."""
+    joint: dict[tuple[str, int], int] = {}
+    for members in _group_members(searched, groups):
+        entries = [(-float(score), m, rank) for m in members for rank, (_, score) in enumerate(lists[m])]
+        for position, (_, m, rank) in enumerate(sorted(entries)):
+            joint[(m, rank)] = position
+    return joint
+
+
+def _normalised(
+    lists: Mapping[str, RankedList], searched: Sequence[str], groups: Mapping[str, str]
+) -> dict[str, list[float]]:
+    """Per modality, its scores min-max normalised; a group's modalities over their joint range."""
+    out = {m: _min_max(lists[m]) for m in searched}
+    for members in _group_members(searched, groups):
+        scores = [float(score) for m in members for _, score in lists[m]]
+        if not scores:
+            continue
+        low, high = min(scores), max(scores)
+        for m in members:
+            out[m] = [1.0 if high == low else (float(s) - low) / (high - low) for _, s in lists[m]]
     return out
 
 

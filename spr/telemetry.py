@@ -71,7 +71,7 @@ LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
 # A query has ~100 proposals; a GPU batch holds up to 4096 (refiner.max_batch_proposals).
 BATCH_PROPOSALS_BUCKETS = (1, 10, 25, 50, 100, 200, 500, 1000, 2000, 4096, 8192)
 BATCH_QUERIES_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-SEARCH_STAGES = ("embed", "ann", "catalog", "proposals", "refine", "total")
+SEARCH_STAGES = ("embed", "ann", "fusion", "catalog", "proposals", "refine", "snippets", "total")
 REFINER_STAGES = ("features", "queue", "model", "total")
 INGEST_OUTCOMES = ("published", "skipped", "failed")
 DEGRADED_REASONS = ("timeout", "unavailable", "refiner_error", "no_refiner", "no_features", "other")

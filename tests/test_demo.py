@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from conftest import run_spr
 
 
@@ -13,6 +15,12 @@ def test_spr_demo_runs_end_to_end_on_the_embedded_defaults_and_can_be_repeated(t
     assert "using the built-in spr-tiny model" in out  # no weights configured: said plainly
     assert "RANDOM weights" in out
     assert "planted events found first: 4/4" in out
+    # What is said (espeak-ng speech, when installed) and written (subtitle sidecars) is found
+    # first with REAL weights: faster-whisper tiny.en and all-MiniLM-L6-v2.
+    said = 6 if shutil.which("espeak-ng") else 3
+    assert f"spoken and written events found first: {said}/{said} (real weights)" in out
+    assert "REAL weights: speech by faster-whisper tiny.en" in out
+    assert "left out: the CLIP text encoder has random weights" in out
     assert "published 6" in out and "refined" in out
     for stage in ("ann", "catalog", "proposals", "refine", "total"):
         assert f" {stage} " in out
@@ -21,3 +29,4 @@ def test_spr_demo_runs_end_to_end_on_the_embedded_defaults_and_can_be_repeated(t
     assert again.returncode == 0, again.stderr[-3000:]
     assert "published 0, skipped 6" in again.stdout
     assert "planted events found first: 4/4" in again.stdout
+    assert f"spoken and written events found first: {said}/{said}" in again.stdout

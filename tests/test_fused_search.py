@@ -10,13 +10,12 @@ default the engine must leave it out of the fusion and say so.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from spr.catalog import SegmentCatalog
-from spr.config import CatalogConfig, ClipConfig, Config, FaissConfig, FusionConfig, VectorsConfig
+from spr.config import CatalogConfig, ClipConfig, Config, FaissConfig
 from spr.engine import InvalidSearch, MomentQuery, MomentSearch, UnservableSearch
 from spr.features import SPEECH, SUBTITLES, VISUAL, FrameFeatureStore
 from spr.models.query import QueryEncoder

@@ -169,3 +169,35 @@ def test_a_negative_weight_fails_even_for_a_modality_not_searched():
 def test_non_finite_scores_are_rejected():
     with pytest.raises(ValueError, match="non-finite"):
         fuse_rrf({"visual": [(1, math.nan)]}, {"visual": 1.0})
+
+
+# --- groups: modalities on one scale are ranked and normalised together -----------------------
+
+
+def test_grouped_lists_are_ranked_jointly_by_score_under_rrf():
+    # speech: A 0.6, B 0.3; subtitles: C 0.25. Alone, C heads its list and ties A (1/61 each).
+    # Grouped: the joint list is A 0.6 (rank 0), B 0.3 (1), C 0.25 (2): A 1/61, B 1/62, C 1/63.
+    lists = {"speech": [(1, 0.6), (2, 0.3)], "subtitles": [(3, 0.25)]}
+    weights = {"speech": 1.0, "subtitles": 1.0}
+    alone = fuse("rrf", lists, weights)
+    assert alone[0].score == alone[1].score == pytest.approx(1 / 61)
+    grouped = fuse("rrf", lists, weights, groups={"speech": "text", "subtitles": "text"})
+    assert [h.segment_id for h in grouped] == [1, 2, 3]
+    assert [h.score for h in grouped] == pytest.approx([1 / 61, 1 / 62, 1 / 63])
+    # Contributions still report each modality's own rank.
+    assert grouped[2].contributions[0].rank == 0
+
+
+def test_grouped_lists_share_one_min_max_under_sum():
+    # Joint range 0.2 .. 0.6: A (0.6) -> 1, B (0.4) -> 0.5, C (0.2) -> 0; mean over two weights.
+    lists = {"speech": [(1, 0.6), (2, 0.4)], "subtitles": [(3, 0.2)]}
+    weights = {"speech": 1.0, "subtitles": 1.0}
+    grouped = fuse("sum", lists, weights, groups={"speech": "text", "subtitles": "text"})
+    assert [h.segment_id for h in grouped] == [1, 2, 3]
+    assert [h.score for h in grouped] == pytest.approx([0.5, 0.25, 0.0])
+
+
+def test_a_group_of_one_searched_modality_changes_nothing():
+    lists = {"visual": [(1, 0.3), (2, 0.2)], "speech": [(3, 0.9)]}
+    weights = {"visual": 1.0, "speech": 1.0}
+    assert fuse("rrf", lists, weights, groups={"speech": "text", "subtitles": "text"}) == fuse("rrf", lists, weights)

@@ -57,9 +57,20 @@ def config(request, tmp_path):
         return
     cfg = make_config(tmp_path, request.getfixturevalue("postgres_url"), request.getfixturevalue("milvus_uri"))
     yield cfg
+    drop_collections(cfg)
+
+
+def drop_collections(cfg: Config) -> None:
+    """Drop the test's collection and its text-track collections from the shared Milvus server."""
+    from spr.text_tracks import TEXT_TRACKS, track_collection
+
     store = open_vector_store(cfg)
-    store.drop_collection(cfg.vectors.collection)
-    store.close()
+    try:
+        for name in [cfg.vectors.collection] + [track_collection(cfg.vectors.collection, t) for t in TEXT_TRACKS]:
+            if store.has_collection(name):
+                store.drop_collection(name)
+    finally:
+        store.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ Visual features are 24-d at 1 row per second, text embeddings 16-d at one row pe
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 
 import h5py
@@ -15,51 +14,15 @@ import numpy as np
 import pytest
 
 from conftest import run_spr
+# The same stores as the visual import tests: Faiss + SQLite, and Milvus + PostgreSQL.
+from test_import import config, faiss_config  # noqa: F401  (fixtures)
 from spr.catalog import SegmentCatalog
-from spr.config import CatalogConfig, Config, MilvusConfig, VectorsConfig
 from spr.ingest.importer import ImportInputError, ImportOptions, import_features
 from spr.stores import l2_normalize, open_vector_store
-from spr.text_tracks import SPEECH, SUBTITLES, track_collection
+from spr.text_tracks import SPEECH, track_collection
 
 D, TEXT_D = 24, 16
 DURATIONS = {"a": 20.0, "b": 12.0, "c": 8.0}  # 5, 3 and 2 segments of 4 s
-
-
-def make_config(tmp_path: Path, catalog_url: str | None = None, milvus_uri: str | None = None) -> Config:
-    collection = f"t_imptxt_{uuid.uuid4().hex[:8]}"
-    config = Config(
-        data_dir=str(tmp_path / "data"),
-        catalog=CatalogConfig(url=catalog_url or ""),
-        vectors=VectorsConfig(collection=collection, backend="milvus" if milvus_uri else "faiss"),
-    )
-    if milvus_uri:
-        config = config.replace(milvus=MilvusConfig(uri=milvus_uri, consistency_level="Strong"))
-    return config
-
-
-@pytest.fixture(
-    params=[
-        "faiss-sqlite",
-        pytest.param("milvus-postgresql", marks=[pytest.mark.milvus, pytest.mark.postgres]),
-    ]
-)
-def config(request, tmp_path):
-    if request.param == "faiss-sqlite":
-        yield make_config(tmp_path)
-        return
-    cfg = make_config(tmp_path, request.getfixturevalue("postgres_url"), request.getfixturevalue("milvus_uri"))
-    yield cfg
-    store = open_vector_store(cfg)
-    for track in (None, SPEECH, SUBTITLES):
-        name = cfg.vectors.collection if track is None else track_collection(cfg.vectors.collection, track)
-        if store.has_collection(name):
-            store.drop_collection(name)
-    store.close()
-
-
-@pytest.fixture
-def faiss_config(tmp_path) -> Config:
-    return make_config(tmp_path)
 
 
 def rows(n: int, seed: int, dim: int, empty: tuple[int, ...] = ()) -> np.ndarray:

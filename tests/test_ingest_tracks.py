@@ -27,6 +27,7 @@ from spr.stores import open_vector_store
 from spr.text_tracks import track_collection
 
 from spoken import require_espeak, write_silent_video, write_spoken_video
+from subtitled import write_srt, write_video_with_subtitles
 
 COLLECTION = "tracks"
 SENTENCES = [
@@ -41,19 +42,13 @@ PARAPHRASES = [
     "the part where he says he is going away to France",
 ]
 SUBTITLE = (8.0, 11.0, "Watch out, the bridge is closed because of the flood.")
+EMBEDDED = (4.0, 7.0, "The museum opens a new wing dedicated to ancient Egypt.")
 
 
 @dataclass(frozen=True)
 class Corpus:
     root: Path
     spoken: list[tuple[float, float, str]]  # audible spans of talk.mp4
-
-
-def _srt(path: Path, cues) -> None:
-    path.write_text("".join(
-        f"{i}\n00:00:{int(s):02d},{round(s % 1 * 1000):03d} --> 00:00:{int(e):02d},{round(e % 1 * 1000):03d}\n{t}\n\n"
-        for i, (s, e, t) in enumerate(cues, 1)
-    ))
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +59,10 @@ def corpus(tmp_path_factory) -> Corpus:
     write_silent_video(root / "quiet.mp4", 12.0)
     write_video(root / "mute.mp4", 12.0, fps=5, size=(160, 120), seed=3, preset="ultrafast")
     write_video(root / "lesson.mp4", 20.0, fps=5, size=(160, 120), seed=4, preset="ultrafast")
-    _srt(root / "lesson.srt", [SUBTITLE])
+    write_srt(root / "lesson.srt", [SUBTITLE])
     write_video(root / "broken.mp4", 12.0, fps=5, size=(160, 120), seed=5, preset="ultrafast")
     (root / "broken.srt").write_bytes(b"1\n00:00:xx --> garbage\n\x00\x01\x02 not a subtitle file\n")
+    write_video_with_subtitles(root / "news.mkv", 12.0, [EMBEDDED], "subrip")
     return Corpus(root, spoken)
 
 
@@ -106,7 +102,7 @@ def _search(config):
 
 def test_every_video_is_indexed_and_each_track_reports_what_happened(ingested):
     config, _, summary = ingested
-    assert summary.videos_failed == 0 and summary.videos_done == 5
+    assert summary.videos_failed == 0 and summary.videos_done == 6
     with SegmentCatalog.from_config(config) as catalog:
         tracks = {v.key: v.tracks for v in catalog.list_videos()}
         warnings = {v.key: v.warnings for v in catalog.list_videos()}
@@ -117,6 +113,8 @@ def test_every_video_is_indexed_and_each_track_reports_what_happened(ingested):
     assert tracks["mute.mp4"][SPEECH]["status"] == "empty"
     assert tracks["lesson.mp4"][SUBTITLES]["status"] == "indexed"
     assert "lesson.srt" in tracks["lesson.mp4"][SUBTITLES]["source"]
+    assert tracks["news.mkv"][SUBTITLES]["status"] == "indexed"
+    assert "stream" in tracks["news.mkv"][SUBTITLES]["source"]  # the embedded SubRip stream
     # A broken subtitle file is a warning on the row; the video is still searchable visually.
     assert any("broken.srt" in w for w in warnings["broken.mp4"])
     assert not warnings["talk.mp4"] and not warnings["lesson.mp4"]
@@ -145,6 +143,15 @@ def test_a_sidecar_subtitle_is_found_by_a_paraphrase(ingested):
     assert best.snippet_track == SUBTITLES and "bridge" in best.snippet
 
 
+def test_an_embedded_subtitle_stream_is_found_by_a_paraphrase(ingested):
+    config, _, _ = ingested
+    with _search(config) as search:
+        result = search.search(MomentQuery(text="an exhibition about ancient Egypt at the museum"))
+    best = result.moments[0]
+    assert best.video_key == "news.mkv" and best.start_s < EMBEDDED[1] and best.end_s > EMBEDDED[0]
+    assert best.snippet_track == SUBTITLES and "Egypt" in best.snippet
+
+
 def test_the_transcript_keeps_its_words_and_timings_in_the_feature_store(ingested, corpus):
     config, _, _ = ingested
     with SegmentCatalog.from_config(config) as catalog:
@@ -169,7 +176,7 @@ def test_a_rerun_skips_everything_and_leaves_one_vector_per_text_segment(ingeste
     config, executor, first = ingested
     before = {t: _count(config, t) for t in (SPEECH, SUBTITLES)}
     again = run_ingest(config, sources_from_paths([corpus.root]), executor=executor)
-    assert (again.videos_done, again.videos_skipped) == (0, 5)
+    assert (again.videos_done, again.videos_skipped) == (0, 6)
     forced = run_ingest(config, sources_from_paths([corpus.root / "talk.mp4"]), executor=executor, force=True)
     assert forced.videos_done == 1
     after = {t: _count(config, t) for t in (SPEECH, SUBTITLES)}

@@ -48,7 +48,7 @@ from spr.telemetry import (
 DIM = 64  # spr-tiny
 COLLECTION = "segments_metrics"
 VIDEOS = [("a", 60.0), ("b", 75.0), ("c", 48.0), ("d", 90.0)]
-SEARCH_STAGES = ("embed", "ann", "catalog", "proposals", "refine", "total")
+SEARCH_STAGES = ("embed", "ann", "fusion", "catalog", "proposals", "refine", "snippets", "total")
 REFINER_STAGES = ("features", "queue", "model", "total")
 # Scrapes bypass any proxy from the environment: only loopback is dialled.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -182,7 +182,7 @@ def test_searches_count_by_code_with_one_stage_observation_per_answer(search, re
     def boom(*args, **kwargs):
         raise RuntimeError("store exploded")
 
-    monkeypatch.setattr(search.server.servicer.engine, "_retrieve", boom)
+    monkeypatch.setattr(search.server.servicer.engine, "_search_modalities", boom)
     with pytest.raises(grpc.RpcError) as internal:
         client.search(text="a cat")
     assert internal.value.code() == grpc.StatusCode.INTERNAL

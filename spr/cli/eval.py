@@ -61,6 +61,10 @@ def add_eval_command(sub: Any) -> None:
         metavar="DIR",
         help="write sp_predictions.json, spr_predictions.json and metrics.json here",
     )
+    p.add_argument(
+        "--visual-only", dest="modalities", action="store_false",
+        help="skip scoring each text track (speech, subtitles) alone and the fusion",
+    )
     p.add_argument("--json", action="store_true", help="print metrics.json instead of the tables")
     p.set_defaults(handler=cmd_eval)
 
@@ -79,6 +83,7 @@ def cmd_eval(config: Any, args: argparse.Namespace) -> int:
         top_k_segments=args.top_k_segments,
         max_moments=args.max_moments,
         workers=args.workers,
+        modalities=args.modalities,
     )
     try:
         report = evaluate(config, args.queries, options, progress=_print_progress)
@@ -121,7 +126,15 @@ def evaluate(
 
         refiner = InProcessRefiner.loading_on_first_use(config, model=model)
     try:
-        search = MomentSearch.open(config, refiner=refiner)
+        text_encoder = None
+        if options.modalities and (config.speech.enabled or config.subtitles.enabled):
+            from spr.models.text import SentenceEncoder
+
+            try:
+                text_encoder = SentenceEncoder.from_config(config)
+            except Exception as exc:  # no text model: evaluate the visual modality alone
+                print(f"spr eval: speech and subtitle tracks not evaluated: {exc}", file=sys.stderr)
+        search = MomentSearch.open(config, refiner=refiner, text_encoder=text_encoder)
     except ValueError as exc:  # proposals.gap_rule
         if refiner is not None:
             refiner.close()

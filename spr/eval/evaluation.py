@@ -47,7 +47,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from spr.config import Config
-from spr.engine import EncodedQuery, MomentQuery, MomentSearch, SearchResult, UnknownCollection, coarse_moments
+from spr.engine import (
+    MODALITIES,
+    EncodedQuery,
+    MomentQuery,
+    MomentSearch,
+    SearchResult,
+    UnknownCollection,
+    coarse_moments,
+)
+from spr.features import VISUAL
 from spr.limits import MAX_SEGMENTS_K, MAX_TOP_K
 from spr.metrics import GroundTruthMoment, PredictedMoment, RankingReport, dcg, evaluate_rankings
 from spr.refinement import Moment, RefinerLoadError
@@ -115,6 +124,8 @@ class EvalOptions:
     workers: int = 4
     ks: tuple[int, ...] = DEFAULT_KS
     iou_thresholds: tuple[float, ...] = DEFAULT_IOUS
+    # Also score each text track alone and the fusion, when the collection has text tracks.
+    modalities: bool = True
 
 
 @dataclass
@@ -133,6 +144,7 @@ class QueryOutcome:
     dropped: int = 0
     batch_queries: int = 0  # queries in the refiner batch this one rode in (0: not refined)
     batch_proposals: int = 0
+    by_modality: dict[str, list[PredictedMoment]] = field(default_factory=dict)
 
 
 @dataclass
@@ -158,6 +170,11 @@ class EvalReport:
     random_parts: tuple[str, ...] = ()  # models running on random weights ("CLIP", "refiner")
     degraded_queries: int = 0
     dropped_proposals: int = 0
+    # SP (coarse) rankings of each text track alone and of the fusion, from the same run:
+    # {"speech": report, "subtitles": report, "fused": report}; empty when the collection has
+    # no text tracks (or the search no text encoder).
+    by_modality: dict[str, RankingReport] = field(default_factory=dict)
+    fused_modalities: tuple[str, ...] = ()  # what the fusion searched
 
     @property
     def refiner_batches(self) -> dict[str, float] | None:
@@ -206,6 +223,8 @@ class EvalReport:
             "sp": self.sp.to_json(),
             "spr": None if self.spr is None else self.spr.to_json(),
             "upper_bound": {**self.upper_bound.to_json(), "reading": UPPER_BOUND_READING},
+            "by_modality": {name: report.to_json() for name, report in self.by_modality.items()},
+            "fused_modalities": list(self.fused_modalities),
             "timings_ms": self.timings_ms,
             "wall_s": self.wall_s,
             "queries_per_s": self.num_queries / self.wall_s if self.wall_s > 0 else None,
@@ -241,12 +260,18 @@ class EvalReport:
         lines += ["", (f"{'NDCG':<6}" + "".join(f"{'@' + str(k):<{width}}" for k in ks)).rstrip()]
         lines.append((f"{'IoU>=':<6}" + "".join("".join(f"{mu:<8g}" for mu in ious) + "  " for _ in ks)).rstrip())
         rows = [("SP", self.sp), ("SPR", self.spr), ("UB", self.upper_bound)]
+        rows += [(f"SP:{name[:3]}", report) for name, report in self.by_modality.items()]
         for name, report in rows:
             if report is None:
                 continue
             cells = "".join("".join(f"{report.ndcg[k][mu]:<8.4f}" for mu in ious) + "  " for k in ks)
             lines.append(f"{name:<6}{cells}".rstrip())
         lines.append("UB: perfect refinement and re-ranking of the padded proposals (paper Table 4)")
+        if self.by_modality:
+            lines.append(
+                "SP: visual alone; SP:spe / SP:sub speech / subtitles alone; SP:fus the fusion of "
+                f"{', '.join(self.fused_modalities)} (coarse rankings, one run)"
+            )
         lines += ["", f"{'per query (ms)':<16}{'mean':>10}{'p50':>10}"]
         for stage, values in self.timings_ms.items():
             lines.append(f"{stage:<16}{values['mean']:>10.2f}{values['p50']:>10.2f}")
@@ -480,7 +505,8 @@ def run_evaluation(
 
     dim = _collection_dim(search, collection)
     embedded = _embed_queries(config, items, options, collection, dim)
-    runner = _Runner(search, collection, top_k, options, embedded)
+    runs = _modality_runs(search, collection) if options.modalities else {}
+    runner = _Runner(search, collection, top_k, options, embedded, runs)
     try:
         runner.warm_up()
         t0 = time.perf_counter()
@@ -500,6 +526,10 @@ def run_evaluation(
             else None
         )
         ub = upper_bound_report({o.query_id: o.padded for o in outcomes}, ground_truth, ks, ious)
+        by_modality = {
+            name: evaluate_rankings({o.query_id: o.by_modality.get(name, []) for o in outcomes}, ground_truth, ks, ious)
+            for name in runs
+        }
     except ValueError as exc:
         raise EvalError(str(exc)) from None
     pc = config.proposals
@@ -523,7 +553,24 @@ def run_evaluation(
         random_parts=embedded.random_parts + (("refiner",) if runner.refiner_random else ()),
         degraded_queries=sum(1 for o in outcomes if o.degraded),
         dropped_proposals=sum(o.dropped for o in outcomes),
+        by_modality=by_modality,
+        fused_modalities=runner.fused_modalities,
     )
+
+
+def _modality_runs(search: MomentSearch, collection: str) -> dict[str, dict[str, float]]:
+    """The extra searches of each query: every text track alone, then the fusion of every
+    modality at its configured weight (the visual one with the query evaluation encoded).
+    Nothing when the collection has no text track or the search no text encoder."""
+    if search.text_encoder is None:
+        return {}
+    tracks = [m for m in search.available_modalities(collection) if m != VISUAL]
+    if not tracks:
+        return {}
+    off = {m: 0.0 for m in MODALITIES}
+    runs = {m: {**off, m: 1.0} for m in tracks}
+    runs["fused"] = {}
+    return runs
 
 
 def _check_options(options: EvalOptions) -> None:
@@ -639,8 +686,16 @@ class _Runner:
     load."""
 
     def __init__(
-        self, search: MomentSearch, collection: str, top_k: int, options: EvalOptions, embedded: _Embedded
+        self,
+        search: MomentSearch,
+        collection: str,
+        top_k: int,
+        options: EvalOptions,
+        embedded: _Embedded,
+        runs: Mapping[str, Mapping[str, float]] | None = None,
     ) -> None:
+        self.runs = dict(runs or {})
+        self.fused_modalities: tuple[str, ...] = ()
         self.search = search
         self.collection = collection
         self.top_k = top_k
@@ -700,6 +755,16 @@ class _Runner:
         outcome = QueryOutcome(query.query_id, sp, None, list(coarse.padded), timings)
         if self.options.refine:
             _record_refinement(result, outcome)
+        for name, weights in self.runs.items():
+            modal = self.search.search(
+                MomentQuery(
+                    text=query.text, encoded=self.embedded.query(index), collection=self.collection,
+                    top_k=self.options.max_moments, segments_k=self.top_k, refine=False, weights=weights,
+                )
+            )
+            outcome.by_modality[name] = [_predicted(m) for m in modal.moments]
+            if name == "fused":
+                self.fused_modalities = tuple(m.modality for m in modal.modalities if m.searched)
         return outcome
 
 

@@ -218,6 +218,11 @@ def _load_sentence_transformer(path: str, device: str, configured: str) -> Any:
     from sentence_transformers import SentenceTransformer
 
     started = time.perf_counter()
+    # transformers draws a "Loading weights" progress bar on stderr for every load; in a
+    # service log or `spr demo`'s output it is noise (the load is logged below).
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     try:
         model = SentenceTransformer(path, device=device, local_files_only=True)
     except Exception as exc:  # missing files, bad configs, absent cache entries: many types

@@ -152,6 +152,7 @@ class FaissStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.train_points_per_list = train_points_per_list
         self._gpus = faiss.get_num_gpus() if use_gpu and hasattr(faiss, "get_num_gpus") else 0
+        self._threads = threads
         if threads > 0:
             faiss.omp_set_num_threads(threads)
         self._collections: dict[str, _Collection] = {}
@@ -279,6 +280,10 @@ class FaissStore:
         params: SearchParams | None = None,
         video_keys: Sequence[str] | None = None,
     ) -> SearchResult:
+        if self._threads > 0:
+            # OpenMP's thread count is per calling thread: a search from a pool or gRPC thread
+            # would use every core (measured: 136 ms instead of 26 ms for 1M x 384 FLAT).
+            faiss.omp_set_num_threads(self._threads)
         with self._lock:
             coll = self._get(name)
             queries = check_queries(queries, coll.dim, k)
