@@ -204,3 +204,32 @@ def test_a_collection_without_text_tracks_still_answers_from_the_visual_modality
         assert result.moments[0].video_key == "v"
         with pytest.raises(UnservableSearch, match="no modality"):
             search.search(MomentQuery(text="anything", collection="plain", weights={VISUAL: 0.0}))
+
+
+def test_over_grpc_weights_and_fusion_travel_and_bad_ones_are_invalid_argument(engine, minilm):
+    """The wire: modality_weights and fusion in SearchRequest, modalities and snippets back; an
+    old client's request (neither field) gets the server's defaults."""
+    import grpc
+
+    from spr.search.client import SearchClient
+    from spr.search.service import SearchServicer, start_search_server
+
+    config = engine.config
+    served = MomentSearch.open(config, QueryEncoder.from_config(config), text_encoder=minilm)
+    server, port = start_search_server(config, SearchServicer(served), port=0, refresh_s=0)
+    try:
+        with SearchClient(f"127.0.0.1:{port}") as client:
+            old = client.search(text="when does she mention the budget")
+            assert old.moments[0].video_key == "kitchen.mp4" and "budget" in old.moments[0].snippet
+            assert old.moments[0].snippet_track == SPEECH and old.fusion == "rrf"
+            assert [(m.modality, m.searched) for m in old.modalities] == [(VISUAL, False), (SPEECH, True), (SUBTITLES, True)]
+            assert [c.modality for c in old.moments[0].modalities] == [SPEECH]
+            asked = client.search(text="the bridge is closed", weights={VISUAL: 1.0, SPEECH: 0.0}, fusion="sum")
+            assert asked.fusion == "sum" and asked.random_weights
+            assert {m.modality for m in asked.modalities if m.searched} == {VISUAL, SUBTITLES}
+            for weights, fusion in (({"smell": 1.0}, ""), ({SPEECH: -1.0}, ""), ({}, "max")):
+                with pytest.raises(grpc.RpcError) as refused:
+                    client.search(text="budget", weights=weights, fusion=fusion)
+                assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    finally:
+        server.stop(1).wait()

@@ -505,7 +505,8 @@ def run_evaluation(
 
     dim = _collection_dim(search, collection)
     embedded = _embed_queries(config, items, options, collection, dim)
-    runs = _modality_runs(search, collection) if options.modalities else {}
+    visual_random = "CLIP" in embedded.random_parts and not config.fusion.include_random
+    runs = _modality_runs(search, collection, visual_random) if options.modalities else {}
     runner = _Runner(search, collection, top_k, options, embedded, runs)
     try:
         runner.warm_up()
@@ -558,10 +559,12 @@ def run_evaluation(
     )
 
 
-def _modality_runs(search: MomentSearch, collection: str) -> dict[str, dict[str, float]]:
-    """The extra searches of each query: every text track alone, then the fusion of every
-    modality at its configured weight (the visual one with the query evaluation encoded).
-    Nothing when the collection has no text track or the search no text encoder."""
+def _modality_runs(search: MomentSearch, collection: str, visual_random: bool) -> dict[str, dict[str, float]]:
+    """The extra searches of each query: every text track alone, then the fusion as a text
+    query of the service gets it: every modality at its configured weight (the visual one with
+    the query evaluation encoded), except a visual modality with random weights, which the
+    service leaves out too (``fusion.include_random`` keeps it). Nothing when the collection has
+    no text track or the search no text encoder."""
     if search.text_encoder is None:
         return {}
     tracks = [m for m in search.available_modalities(collection) if m != VISUAL]
@@ -569,7 +572,7 @@ def _modality_runs(search: MomentSearch, collection: str) -> dict[str, dict[str,
         return {}
     off = {m: 0.0 for m in MODALITIES}
     runs = {m: {**off, m: 1.0} for m in tracks}
-    runs["fused"] = {}
+    runs["fused"] = {VISUAL: 0.0} if visual_random else {}
     return runs
 
 
