@@ -26,6 +26,7 @@ from spr.models.text import load_sentence_encoder
 from spr.stores import open_vector_store
 from spr.text_tracks import track_collection
 
+from conftest import run_spr
 from spoken import require_espeak, write_silent_video, write_spoken_video
 from subtitled import write_srt, write_video_with_subtitles
 
@@ -82,7 +83,7 @@ def _config(tmp_path: Path, stack: str, request) -> tuple:
             "SPR_MILVUS__URI": request.getfixturevalue("milvus_uri"),
             "SPR_MILVUS__CONSISTENCY_LEVEL": "Strong",
         }
-    return load_config(environ=env), ("ray" if stack == "cluster" else "inline")
+    return load_config(environ=env), ("ray" if stack == "cluster" else "inline"), env
 
 
 @pytest.fixture(
@@ -91,9 +92,20 @@ def _config(tmp_path: Path, stack: str, request) -> tuple:
 )
 def ingested(request, corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"ingest-{request.param}")
-    config, executor = _config(tmp, request.param, request)
+    config, executor, env = _config(tmp, request.param, request)
     summary = run_ingest(config, sources_from_paths([corpus.root]), executor=executor)
     return config, executor, summary
+
+
+@pytest.fixture
+def spr_env(ingested, request) -> dict[str, str]:
+    """The ``SPR_*`` environment of the ingested stack, for ``spr`` commands."""
+    config, _, _ = ingested
+    env = {"SPR_DATA_DIR": config.data_dir, "SPR_CLIP__MODEL": "spr-tiny", "SPR_LOGGING__LEVEL": "ERROR",
+           "SPR_VECTORS__COLLECTION": COLLECTION}
+    if config.catalog.url:
+        env |= {"SPR_CATALOG__URL": config.catalog.url, "SPR_VECTORS__BACKEND": "milvus", "SPR_MILVUS__URI": config.milvus.uri}
+    return env
 
 
 def _search(config):
@@ -150,6 +162,35 @@ def test_an_embedded_subtitle_stream_is_found_by_a_paraphrase(ingested):
     best = result.moments[0]
     assert best.video_key == "news.mkv" and best.start_s < EMBEDDED[1] and best.end_s > EMBEDDED[0]
     assert best.snippet_track == SUBTITLES and "Egypt" in best.snippet
+
+
+def test_spr_status_shows_each_track_and_the_warnings(ingested, spr_env):
+    status = run_spr("status", env=spr_env)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    speech = next(line for line in lines if line.startswith(SPEECH))
+    assert "indexed=1" in speech and "empty=" in speech and "segments with text:" in speech
+    assert any(line.startswith(SUBTITLES) and "indexed=" in line for line in lines)
+    assert any(line.startswith("warning  broken.mp4: subtitles") for line in lines), status.stdout
+    assert f"{COLLECTION}__speech" in status.stdout and f"{COLLECTION}__subtitles" in status.stdout
+
+
+def test_reembed_carries_the_text_tracks_into_the_new_collection(ingested):
+    from spr.ingest.reembed import reembed_collection
+
+    config, _, first = ingested
+    summary = reembed_collection(config, "tracks_v2")
+    assert summary.text_segments == {SPEECH: _count(config, SPEECH), SUBTITLES: _count(config, SUBTITLES)}
+    store = open_vector_store(config)
+    try:
+        for track in (SPEECH, SUBTITLES):
+            assert store.count(track_collection("tracks_v2", track)) == _count(config, track)
+    finally:
+        store.close()
+    # The new collection answers a paraphrase from what was said, like the old one.
+    with _search(config) as search:
+        best = search.search(MomentQuery(text=PARAPHRASES[0], collection="tracks_v2")).moments[0]
+    assert best.video_key == "talk.mp4" and best.snippet_track == SPEECH
 
 
 def test_the_transcript_keeps_its_words_and_timings_in_the_feature_store(ingested, corpus):
