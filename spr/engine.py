@@ -25,7 +25,9 @@ One search runs these stages, each timed into :attr:`SearchResult.timings_ms`:
     :func:`spr.retrieval.propose_from_hits`: one catalog round trip (``ready`` videos only),
     adjacent segments merged and padded by tau_C;
 ``refine``
-    the best :data:`spr.limits.MAX_REFINE_PROPOSALS` padded proposals through the
+    when the visual modality was searched (the refiner scores frames against the CLIP query;
+    otherwise :attr:`SearchResult.refine_note` says why not), the best
+    :data:`spr.limits.MAX_REFINE_PROPOSALS` padded proposals through the
     :class:`spr.refinement.Refiner` (in this process or over gRPC). A refiner that is down,
     fails or is late never fails the search: the coarse proposals come back, ``degraded``, with
     the reason.
@@ -544,7 +546,7 @@ class MomentSearch:
             spans.append((ids, tuple(best[m] for m in MODALITIES if m in best)))
         texts: Mapping[int, Mapping[str, str]] = {}
         all_ids = [sid for ids in wanted.values() for sid in ids]
-        if all_ids and hasattr(self.catalog, "segment_texts"):
+        if all_ids:
             texts = self.catalog.segment_texts(all_ids)
         out = []
         for moment, (ids, found_by) in zip(moments, spans):
