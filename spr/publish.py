@@ -26,7 +26,7 @@ from .catalog import CollectionRecord, SegmentCatalog, VideoRecord
 from .features import VISUAL, FrameFeatureStore, Modality, TimedFeatures, check_modality
 from .segments import segment_bounds
 from .stores import IndexSpec, VectorStore, index_spec_to_dict
-from .text_tracks import SegmentText, TrackReport
+from .text_tracks import TEXT_TRACKS, SegmentText, TrackReport, track_collection
 
 
 @dataclass(frozen=True)
@@ -308,3 +308,32 @@ def ensure_collection(
         )
     except ValueError as exc:  # another process registered it differently in between
         raise CollectionMismatch("backend", str(exc)) from None
+
+
+def ensure_track_collection(
+    catalog: SegmentCatalog,
+    store: VectorStore,
+    collection: str,
+    track: Modality,
+    dim: int,
+    feature_model: str,
+    index: IndexSpec,
+    metric: str = "IP",
+) -> str:
+    """:func:`ensure_collection` for ``track``'s collection beside ``collection``
+    (``<collection>__<track>``), with the visual collection's index and metric; its name."""
+    name = track_collection(collection, track)
+    ensure_collection(catalog, store, name, dim, feature_model, index, metric)
+    return name
+
+
+def existing_track_collections(catalog: SegmentCatalog, store: VectorStore, collection: str) -> dict[Modality, str]:
+    """The text collections that exist beside ``collection`` in this store, by track: a
+    re-published video's old text vectors there are replaced, or removed when it has none now."""
+    found = {}
+    for track in TEXT_TRACKS:
+        name = track_collection(collection, track)
+        record = catalog.get_collection(name)
+        if record is not None and store.holds(record) and store.has_collection(name):
+            found[track] = name
+    return found

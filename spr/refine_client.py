@@ -15,6 +15,7 @@ import numpy as np
 
 from spr.api.v1 import moments_pb2, refiner_pb2, refiner_pb2_grpc
 from spr.config import SecurityConfig
+from spr.fusion import Contribution
 from spr.grpc_security import client_metadata, open_channel
 from spr.refinement import VISUAL, Moment, RefineCandidate, RefineFailed, Refinement, RefineRequest
 
@@ -123,6 +124,9 @@ def moment_from_pb(pb: moments_pb2.Moment) -> Moment:
         coarse_start_s=pb.coarse_start_s,
         coarse_end_s=pb.coarse_end_s,
         video_duration_s=pb.video_duration_s,
+        modalities=tuple(Contribution(c.modality, c.rank, c.score) for c in pb.modalities),
+        snippet=pb.snippet,
+        snippet_track=pb.snippet_track,
     )
 
 

@@ -36,9 +36,7 @@ __all__ = [
     "Transcript",
     "TrackStatus",
     "Word",
-    "collection_modality",
     "segment_texts",
-    "span_snippet",
     "track_collection",
 ]
 
@@ -182,26 +180,11 @@ def segment_texts(
     return out
 
 
-def span_snippet(transcript: Transcript, start_s: float, end_s: float, max_chars: int = 300) -> str:
-    """The cues overlapping ``[start_s, end_s)`` as one line, cut to ``max_chars`` (what a result
-    shows of what was said or written during it)."""
-    text = " ".join(c.text for c in transcript.cues if c.overlaps(start_s, end_s))
-    return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
-
-
 def track_collection(base: str, track: Modality) -> str:
     """The collection of ``track`` beside the visual collection ``base``: ``base`` itself for
     :data:`VISUAL`, ``<base>__<track>`` otherwise (``segments__speech``)."""
     check_modality(track)
     return base if track == VISUAL else f"{base}{_COLLECTION_SEPARATOR}{track}"
-
-
-def collection_modality(name: str) -> tuple[str, Modality]:
-    """``(base, modality)`` of a collection name, the inverse of :func:`track_collection`."""
-    base, sep, track = name.rpartition(_COLLECTION_SEPARATOR)
-    if sep and base and track in TEXT_TRACKS:
-        return base, track
-    return name, VISUAL
 
 
 @dataclass(frozen=True)

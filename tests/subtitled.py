@@ -15,6 +15,7 @@ from pathlib import Path
 
 import av
 
+from spr.ingest.subtitles import srt_text, srt_time
 from spr.ingest.synthetic_video import write_video
 
 Cue = tuple[float, float, str]  # (start_s, end_s, text): the text may carry the format's markup
@@ -42,11 +43,6 @@ Format: Layer, Start, End, Style, Name, MarginL, MarginR, MarginV, Effect, Text
 """
 
 
-def srt_time(seconds: float) -> str:
-    ms = round(seconds * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
-
-
 def vtt_time(seconds: float) -> str:
     return srt_time(seconds).replace(",", ".")
 
@@ -54,11 +50,6 @@ def vtt_time(seconds: float) -> str:
 def ass_time(seconds: float) -> str:
     cs = round(seconds * 100)
     return f"{cs // 360_000}:{cs // 6000 % 60:02d}:{cs // 100 % 60:02d}.{cs % 100:02d}"
-
-
-def srt_text(cues: Sequence[Cue]) -> str:
-    """SubRip: numbered blocks, ``\\n`` in a cue's text as a line break."""
-    return "".join(f"{i}\n{srt_time(s)} --> {srt_time(e)}\n{t}\n\n" for i, (s, e, t) in enumerate(cues, start=1))
 
 
 def write_srt(path: str | Path, cues: Sequence[Cue], encoding: str = "utf-8") -> Path:

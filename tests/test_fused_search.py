@@ -233,3 +233,16 @@ def test_over_grpc_weights_and_fusion_travel_and_bad_ones_are_invalid_argument(e
                 assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
     finally:
         server.stop(1).wait()
+
+
+def test_a_moment_with_its_modalities_and_snippet_survives_the_wire():
+    from spr.fusion import Contribution
+    from spr.refine_client import moment_from_pb, moment_to_pb
+    from spr.refinement import Moment
+
+    moment = Moment(
+        "kitchen.mp4", "file:///kitchen.mp4", 28.0, 36.0, 0.5, 0, 28.0, 36.0, 60.0,
+        modalities=(Contribution(SPEECH, 0, 0.5), Contribution(SUBTITLES, 3, 0.25)),
+        snippet="The budget for next year", snippet_track=SPEECH,
+    )
+    assert moment_from_pb(moment_to_pb(moment)) == moment

@@ -98,7 +98,7 @@ def ingested(request, corpus, tmp_path_factory):
 
 
 @pytest.fixture
-def spr_env(ingested, request) -> dict[str, str]:
+def spr_env(ingested) -> dict[str, str]:
     """The ``SPR_*`` environment of the ingested stack, for ``spr`` commands."""
     config, _, _ = ingested
     env = {"SPR_DATA_DIR": config.data_dir, "SPR_CLIP__MODEL": "spr-tiny", "SPR_LOGGING__LEVEL": "ERROR",

@@ -189,11 +189,9 @@ def write_corpus(folder: Path, speech: bool | None = None) -> tuple[list[Path], 
 
 
 def _write_srt(path: Path, cues: tuple[Written, ...]) -> None:
-    def stamp(t: float) -> str:
-        ms = round(t * 1000)
-        return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d},{ms % 1000:03d}"
+    from spr.ingest.subtitles import srt_text
 
-    text = "".join(f"{i}\n{stamp(s)} --> {stamp(e)}\n{line}\n\n" for i, (s, e, line) in enumerate(cues, 1))
+    text = srt_text(cues)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
 

@@ -126,14 +126,9 @@ def evaluate(
 
         refiner = InProcessRefiner.loading_on_first_use(config, model=model)
     try:
-        text_encoder = None
-        if options.modalities and (config.speech.enabled or config.subtitles.enabled):
-            from spr.models.text import SentenceEncoder
+        from spr.models.text import load_text_encoder
 
-            try:
-                text_encoder = SentenceEncoder.from_config(config)
-            except Exception as exc:  # no text model: evaluate the visual modality alone
-                print(f"spr eval: speech and subtitle tracks not evaluated: {exc}", file=sys.stderr)
+        text_encoder = load_text_encoder(config) if options.modalities else None
         search = MomentSearch.open(config, refiner=refiner, text_encoder=text_encoder)
     except ValueError as exc:  # proposals.gap_rule
         if refiner is not None:

