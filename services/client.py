@@ -14,7 +14,7 @@ service listens at the target).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -83,6 +83,28 @@ class SearchClient:
         """Statistics of one collection, or of all of them when ``collection`` is empty."""
         return self._stub.CollectionStats(
             search_pb2.CollectionStatsRequest(collection=collection), timeout=self.timeout_s, metadata=self._metadata
+        )
+
+    def get_video(self, key: str, presign: bool = False) -> search_pb2.Video:
+        """One ready catalog video by ``key`` (NOT_FOUND when there is none); ``presign`` asks
+        for a presigned media URL where the store offers one."""
+        return self._stub.GetVideo(
+            search_pb2.GetVideoRequest(key=key, presign=presign), timeout=self.timeout_s, metadata=self._metadata
+        )
+
+    def read_media(
+        self, key: str, offset: int = 0, length: int = 0, timeout_s: float | None = None
+    ) -> Iterator[search_pb2.MediaChunk]:
+        """Bytes ``[offset, offset + length)`` of a video's media (``length`` 0: to the end) as a
+        stream of chunks; closing the iterator early cancels the call. ``timeout_s`` bounds the
+        whole stream (default: the client's deadline)."""
+        request = search_pb2.ReadMediaRequest(video_key=key, offset=offset, length=length)
+        return self._stub.ReadMedia(request, timeout=timeout_s or self.timeout_s, metadata=self._metadata)
+
+    def get_thumbnail(self, segment_id: int) -> search_pb2.Thumbnail:
+        """The JPEG thumbnail of segment ``segment_id`` (``placeholder`` when the video has none)."""
+        return self._stub.GetThumbnail(
+            search_pb2.GetThumbnailRequest(segment_id=segment_id), timeout=self.timeout_s, metadata=self._metadata
         )
 
     def close(self) -> None:

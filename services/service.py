@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from concurrent import futures
+from collections.abc import Iterator
 from typing import Any, Callable, TypeVar
 
 import grpc
@@ -40,7 +41,9 @@ from spr.engine import (
     UnservableSearch,
 )
 from spr.grpc_security import add_server_port, server_interceptors
+from spr.features import FrameFeatureStore
 from spr.grpc_server import DrainingServer
+from spr.media import MediaLibrary, MediaNotFound, MediaRangeError, MediaRequestError, VideoView
 from spr.models.query import QueryEncoder
 from spr.models.text import load_text_encoder
 from spr.refine_client import GrpcRefiner, moment_to_pb
@@ -59,18 +62,27 @@ _STATUS_OF_REFUSAL = {
     InvalidSearch: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownCollection: grpc.StatusCode.NOT_FOUND,
     UnservableSearch: grpc.StatusCode.FAILED_PRECONDITION,
+    MediaRequestError: grpc.StatusCode.INVALID_ARGUMENT,
+    MediaNotFound: grpc.StatusCode.NOT_FOUND,
+    MediaRangeError: grpc.StatusCode.OUT_OF_RANGE,
 }
+_REFUSALS = (SearchRefused, MediaRequestError, MediaNotFound, MediaRangeError)
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 
 
 class SearchServicer(search_pb2_grpc.SearchServiceServicer):
-    """Serves Search and CollectionStats with one :class:`MomentSearch` (which it closes)."""
+    """Serves Search and CollectionStats with one :class:`MomentSearch` (which it closes), and
+    GetVideo, ReadMedia and GetThumbnail with a :class:`~spr.media.MediaLibrary` over the
+    engine's catalog (None: those answer UNIMPLEMENTED)."""
 
-    def __init__(self, engine: MomentSearch, metrics: SearchMetrics | None = None) -> None:
+    def __init__(
+        self, engine: MomentSearch, metrics: SearchMetrics | None = None, media: MediaLibrary | None = None
+    ) -> None:
         self.engine = engine
         self.metrics = metrics if metrics is not None else SearchMetrics.for_registry()
+        self.media = media
 
     def start_refreshing(self, interval_s: float = STORE_REFRESH_S) -> None:
         self.engine.start_refreshing(interval_s)
@@ -88,13 +100,50 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     ) -> search_pb2.CollectionStatsResponse:
         return _answer(context, "CollectionStats", self.collection_stats, request)
 
+    def GetVideo(self, request: search_pb2.GetVideoRequest, context: grpc.ServicerContext) -> search_pb2.Video:
+        media = self._media(context)
+        return _answer(context, "GetVideo", lambda r: _video_pb(media.video(r.key, r.presign)), request)
+
+    def ReadMedia(
+        self, request: search_pb2.ReadMediaRequest, context: grpc.ServicerContext
+    ) -> Iterator[search_pb2.MediaChunk]:
+        media = self._media(context)
+        # The key and the range are checked before the first chunk, so a refusal is a status,
+        # not a stream cut short.
+        chunks = _answer(context, "ReadMedia", lambda r: media.read(r.video_key, r.offset, r.length), request)
+        try:
+            for offset, data in chunks:
+                if not context.is_active():  # the player went away: stop reading
+                    return
+                yield search_pb2.MediaChunk(data=data, offset=offset)
+        except Exception as exc:
+            _abort_internal(context, "ReadMedia", exc)
+
+    def GetThumbnail(
+        self, request: search_pb2.GetThumbnailRequest, context: grpc.ServicerContext
+    ) -> search_pb2.Thumbnail:
+        media = self._media(context)
+
+        def thumbnail(r: search_pb2.GetThumbnailRequest) -> search_pb2.Thumbnail:
+            key, jpeg = media.thumbnail(r.segment_id)
+            return search_pb2.Thumbnail(jpeg=jpeg or b"", placeholder=jpeg is None, video_key=key)
+
+        return _answer(context, "GetThumbnail", thumbnail, request)
+
+    def _media(self, context: grpc.ServicerContext) -> MediaLibrary:
+        if self.media is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this search service serves no media")
+        return self.media
+
     def search(self, request: search_pb2.SearchRequest) -> search_pb2.SearchResponse:
         """One request through the engine (raises :class:`SearchRefused` to refuse it)."""
         return search_response(self.engine.search(moment_query(request)))
 
     def collection_stats(self, request: search_pb2.CollectionStatsRequest) -> search_pb2.CollectionStatsResponse:
         stats = self.engine.collection_stats(request.collection)
-        response = search_pb2.CollectionStatsResponse(segments=stats.segments)
+        response = search_pb2.CollectionStatsResponse(
+            segments=stats.segments, default_collection=stats.default_collection, modalities=list(stats.modalities)
+        )
         response.videos.update(stats.videos)
         response.collections.extend(_collection_pb(c) for c in stats.collections)
         return response
@@ -161,6 +210,25 @@ def _collection_pb(summary: CollectionSummary) -> search_pb2.CollectionStats:
     return stats
 
 
+def _video_pb(view: VideoView) -> search_pb2.Video:
+    video = search_pb2.Video(
+        key=view.key,
+        id=view.id,
+        duration_s=view.duration_s,
+        size_bytes=view.size_bytes,
+        content_type=view.content_type,
+        segments=view.segments,
+        segment_length_s=view.segment_length_s,
+        thumbnails=view.thumbnails,
+        tracks=list(view.tracks),
+        warnings=list(view.warnings),
+        media_url=view.media_url,
+        media_url_expires_s=view.media_url_expires_s,
+    )
+    video.metadata.update(view.metadata)
+    return video
+
+
 def _answer(
     context: grpc.ServicerContext,
     method: str,
@@ -173,25 +241,30 @@ def _answer(
     hears every outcome (metrics)."""
     try:
         response = handler(request)
-    except SearchRefused as exc:
+    except _REFUSALS as exc:
         code = _STATUS_OF_REFUSAL.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
         if record is not None:
             record(code.name, None)
-        context.abort(code, exc.message)
+        context.abort(code, exc.message if isinstance(exc, SearchRefused) else str(exc))
     except Exception as exc:
-        incident = uuid.uuid4().hex[:12]
-        log.exception("%s failed unexpectedly (incident %s): %s", method, incident, exc, extra={"incident": incident})
         if record is not None:
             record(grpc.StatusCode.INTERNAL.name, None)
-        context.abort(
-            grpc.StatusCode.INTERNAL,
-            f"internal error in {method} ({type(exc).__name__}); see the search service log, incident {incident}",
-        )
+        _abort_internal(context, method, exc)
     else:
         if record is not None:
             record(grpc.StatusCode.OK.name, response)
         return response
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def _abort_internal(context: grpc.ServicerContext, method: str, exc: BaseException) -> None:
+    """INTERNAL with an incident id; the traceback goes to the log under it, never to the client."""
+    incident = uuid.uuid4().hex[:12]
+    log.exception("%s failed unexpectedly (incident %s): %s", method, incident, exc, extra={"incident": incident})
+    context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error in {method} ({type(exc).__name__}); see the search service log, incident {incident}",
+    )
 
 
 # --- the server --------------------------------------------------------------------------------
@@ -242,7 +315,8 @@ def serve_search(
             refiner.close()
         raise
     metrics = SearchMetrics.for_registry(metrics_registry)
-    servicer = SearchServicer(engine, metrics)
+    media = MediaLibrary(engine.catalog, FrameFeatureStore.from_config(config), config.segments.length_s)
+    servicer = SearchServicer(engine, metrics, media)
     try:
         server, bound = start_search_server(config, servicer, port, max_workers)
     except BaseException:

@@ -366,6 +366,31 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The web page and its HTTP/JSON gateway (``spr web``), a client of the search service.
+
+    It binds loopback by default; ``target`` is the search service it calls (empty:
+    ``services.host:services.search_port``). ``security.token``, when set, is asked of people
+    (a login form that sets an HttpOnly cookie) and of API clients (``Authorization: Bearer``),
+    and sent on to the search service. No CORS unless ``cors_origins`` (comma-separated origins)
+    names some; ``media_origins`` (comma-separated) are added to the Content-Security-Policy's
+    ``media-src``/``img-src`` for presigned object-store media URLs."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    target: str = ""
+    timeout_s: float = 30.0  # deadline of each gRPC call the gateway makes
+    cors_origins: str = ""
+    media_origins: str = ""
+    # Redirect media requests to a presigned object-store URL when the store offers one
+    # (s3://, gs://); off streams every byte through the gateway.
+    presign_media: bool = True
+    # Bytes of a request's URL query string and of a form body (the login form).
+    max_query_bytes: int = 8192
+    max_body_bytes: int = 4096
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     level: LogLevel = LogLevel.INFO
     json: bool = True
@@ -394,6 +419,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     @property

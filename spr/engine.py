@@ -55,7 +55,7 @@ from spr.catalog import SegmentCatalog
 from spr.config import Config, FusionMethod
 from spr.features import SPEECH, SUBTITLES, VISUAL, Modality
 from spr.fusion import Contribution, fuse
-from spr.ids import segment_id
+from spr.ids import MAX_ORDINAL, segment_id, split_segment_id
 from spr.limits import DEFAULT_TOP_K, MAX_REFINE_PROPOSALS, MAX_SEGMENTS_K, MAX_TEXT_CHARS, MAX_TOP_K
 from spr.proposals import GapRule, Proposal, gap_rule_from_config
 from spr.refinement import Moment, RefineCandidate, RefineFailed, Refinement, Refiner, RefineRequest
@@ -236,6 +236,9 @@ class CorpusStats:
     collections: list[CollectionSummary]
     videos: dict[str, int]
     segments: int
+    # The collection a query without one searches, and the modalities it has.
+    default_collection: str = ""
+    modalities: tuple[Modality, ...] = ()
 
 
 # --- the engine ----------------------------------------------------------------------------------
@@ -523,13 +526,14 @@ class MomentSearch:
             return moments
         wanted: dict[int, list[int]] = {}
         spans = []
+        length = self.config.segments.length_s
         for i, moment in enumerate(moments):
             proposal = coarse.proposals[moment.coarse_rank] if moment.coarse_rank < len(coarse.proposals) else None
             if proposal is None:
-                spans.append(((), ()))
+                spans.append(((), (), 0, 0))
                 continue
-            video_id = coarse.location_of(proposal).video_id
-            length = self.config.segments.length_s
+            location = coarse.location_of(proposal)
+            video_id = location.video_id
             first = int(math.floor(moment.start_s / length))
             last = max(first, int(math.ceil(moment.end_s / length)) - 1)
             ids = [segment_id(video_id, o) for o in range(first, min(last, first + _SNIPPET_SEGMENTS - 1) + 1)]
@@ -539,13 +543,13 @@ class MomentSearch:
                 for c in contributions.get(sid, ()):
                     if c.modality not in best or c.rank < best[c.modality].rank:
                         best[c.modality] = c
-            spans.append((ids, tuple(best[m] for m in MODALITIES if m in best)))
+            spans.append((ids, tuple(best[m] for m in MODALITIES if m in best), video_id, _shown_segment(moment, video_id, length)))
         texts: Mapping[int, Mapping[str, str]] = {}
         all_ids = [sid for ids in wanted.values() for sid in ids]
         if all_ids:
             texts = self.catalog.segment_texts(all_ids)
         out = []
-        for moment, (ids, found_by) in zip(moments, spans):
+        for moment, (ids, found_by, video_id, shown) in zip(moments, spans):
             snippet, track = "", ""
             for t in (SPEECH, SUBTITLES):
                 pieces = list(dict.fromkeys(texts.get(sid, {}).get(t, "") for sid in ids))
@@ -553,7 +557,11 @@ class MomentSearch:
                 if line:
                     snippet, track = _cut(line, _SNIPPET_CHARS), t
                     break
-            out.append(dataclasses.replace(moment, modalities=found_by, snippet=snippet, snippet_track=track))
+            out.append(
+                dataclasses.replace(
+                    moment, modalities=found_by, snippet=snippet, snippet_track=track, video_id=video_id, segment_id=shown
+                )
+            )
         return out
 
     def _encode(self, query: MomentQuery, collection: str, dim: int) -> EncodedQuery:
@@ -672,6 +680,8 @@ class MomentSearch:
             collections=[self._summary(name, records.get(name)) for name in names],
             videos=dict(self.catalog.count_by_status()),
             segments=self.catalog.segment_count(),
+            default_collection=self.config.vectors.collection,
+            modalities=tuple(self.available_modalities(self.config.vectors.collection)),
         )
 
     def _summary(self, name: str, record: Any) -> CollectionSummary:
@@ -803,6 +813,16 @@ def _weights(requested: Mapping[str, float], fusion: Any) -> dict[Modality, floa
             raise InvalidSearch(f"weight of {name} is {value}; a weight is a finite number >= 0 (0 = off)")
         weights[name] = value
     return weights
+
+
+def _shown_segment(moment: Moment, video_id: int, length_s: float) -> int:
+    """The id of the segment holding ``moment``'s midpoint (its thumbnail), clamped to the
+    video's last segment."""
+    middle = 0.5 * (moment.start_s + moment.end_s)
+    if moment.video_duration_s > 0:
+        middle = min(middle, math.nextafter(moment.video_duration_s, 0.0))
+    ordinal = min(max(0, int(math.floor(middle / length_s))), MAX_ORDINAL)
+    return segment_id(video_id, ordinal)
 
 
 def _cut(text: str, max_chars: int) -> str:

@@ -110,6 +110,8 @@ def moment_to_pb(moment: Moment) -> moments_pb2.Moment:
         ],
         snippet=moment.snippet,
         snippet_track=moment.snippet_track,
+        video_id=moment.video_id,
+        segment_id=moment.segment_id,
     )
 
 
@@ -127,6 +129,8 @@ def moment_from_pb(pb: moments_pb2.Moment) -> Moment:
         modalities=tuple(Contribution(c.modality, c.rank, c.score) for c in pb.modalities),
         snippet=pb.snippet,
         snippet_track=pb.snippet_track,
+        video_id=pb.video_id,
+        segment_id=pb.segment_id,
     )
 
 

@@ -68,6 +68,10 @@ class Moment:
     # What was said (speech) or written (subtitles) during the moment, and which track it is.
     snippet: str = ""
     snippet_track: str = ""
+    # The catalog id of the video, and the segment that shows the moment (the one holding its
+    # midpoint: thumbnails, players); 0 from a refiner, the engine fills them in.
+    video_id: int = 0
+    segment_id: int = 0
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -572,7 +573,7 @@ def test_spr_serve_serves_until_sigterm(corpus: Corpus):
         "SPR_REFINER__TIMEOUT_MS": "60000",
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spr.cli", "serve", "--search-port", "0", "--refiner-port", "0"],
+        [sys.executable, "-m", "spr.cli", "serve", "--search-port", "0", "--refiner-port", "0", "--web", "--web-port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -584,18 +585,51 @@ def test_spr_serve_serves_until_sigterm(corpus: Corpus):
         seen = []
         for line in proc.stdout:
             seen.append(line)
-            if line.startswith("search "):
+            if line.startswith("web "):
                 break
-        assert seen and seen[-1].startswith("search "), f"no address printed: {seen} {proc.stderr.read()}"
+        assert seen and seen[-1].startswith("web "), f"no web address printed: {seen} {proc.stderr.read()}"
         assert any(line.startswith("refiner ") for line in seen)
-        target = "127.0.0.1:" + seen[-1].split()[3].rsplit(":", 1)[1]
+        search_line = next(line for line in seen if line.startswith("search "))
+        target = "127.0.0.1:" + search_line.split()[3].rsplit(":", 1)[1]
         with SearchClient(target, timeout_s=120) as c:
             response = c.search(text="a woman laughs", top_k=2)
         assert (response.refined, response.degraded) == (True, False) and len(response.moments) == 2
+        # The page's JSON API answers through the same search service.
+        url = seen[-1].split()[1]
+        assert url.startswith("http://127.0.0.1:")
+        page = httpx.get(f"{url}api/search", params={"q": "a woman laughs", "k": 2}, timeout=120)
+        assert page.status_code == 200 and len(page.json()["moments"]) == 2
         proc.send_signal(signal.SIGTERM)
         rest, errors = proc.communicate(timeout=120)
         assert proc.returncode == 0, errors
         assert "stopped" in rest
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_spr_web_serves_the_page_against_a_running_search_service(search_target: str):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spr.cli", "web", "--target", search_target, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("web "), f"{line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        url = line.split()[1]
+        assert httpx.get(url, timeout=30).status_code == 200
+        # A second gateway on the same port is a usage error naming the port, not a traceback.
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        busy = run_spr("web", "--target", search_target, "--port", port)
+        assert busy.returncode == 2 and f"port {port}" in busy.stderr and "in use" in busy.stderr
+        assert "Traceback" not in busy.stderr
+        proc.send_signal(signal.SIGTERM)
+        rest, errors = proc.communicate(timeout=60)
+        assert proc.returncode == 0, errors
     finally:
         watchdog.cancel()
         if proc.poll() is None:

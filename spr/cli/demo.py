@@ -28,7 +28,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import numpy as np
 
@@ -196,8 +196,16 @@ def _write_srt(path: Path, cues: tuple[Written, ...]) -> None:
         path.write_text(text)
 
 
-def run_demo(config: Config, executor: str = "ray", out: TextIO | None = None) -> DemoReport:
-    """Generate, ingest, serve, query; returns what happened (and prints it to ``out``)."""
+def run_demo(
+    config: Config,
+    executor: str = "ray",
+    out: TextIO | None = None,
+    serving: Callable[[str, "DemoReport"], None] | None = None,
+) -> DemoReport:
+    """Generate, ingest, serve, query; returns what happened (and prints it to ``out``).
+
+    ``serving(search_target, report)``, when given, is called after the queries while both
+    services still run (``spr demo --web`` serves the page from it until Ctrl-C)."""
     from spr.ingest.pipeline import run_ingest
     from spr.ingest.sources import sources_from_paths
     from spr.refine.service import serve_refiner
@@ -213,6 +221,9 @@ def run_demo(config: Config, executor: str = "ray", out: TextIO | None = None) -
         # on a laptop CPU; with real weights configured the configured model is used.
         say(f"clip.pretrained is empty: using the built-in spr-tiny model instead of random {config.clip.model} weights")
         config = config.replace(clip=dataclasses.replace(config.clip, model="spr-tiny"))
+    # The demo's collection is the services' default one, so the page (spr demo --web) and
+    # `spr search` find it without naming it.
+    config = config.replace(vectors=dataclasses.replace(config.vectors, collection=COLLECTION))
     from spr.ingest.synthetic_speech import espeak_available
 
     spoken = espeak_available()
@@ -263,6 +274,8 @@ def run_demo(config: Config, executor: str = "ray", out: TextIO | None = None) -
                         _ask(client, f'visual only: "{text}"', None, kind="visual", text=text, weights=VISUAL_ONLY)
                     )
             report.random_weights = any(q.refined.random_weights for q in report.queries)
+            if serving is not None:
+                serving(f"127.0.0.1:{search_port}", report)
         finally:
             search.stop(1).wait()
     finally:

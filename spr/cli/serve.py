@@ -29,7 +29,22 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--search-port", type=int, metavar="PORT", help="search service port (default: services.search_port)")
     p.add_argument("--refiner-port", type=int, metavar="PORT", help="refiner port (default: services.refiner_port)")
     p.add_argument("--no-refiner", action="store_true", help="serve coarse proposals only, without a refiner")
+    p.add_argument("--web", action="store_true", help="also serve the web page and its HTTP/JSON API (spr web)")
+    p.add_argument("--web-port", type=int, metavar="PORT", help="web page port (default: web.port; 0 = a free one)")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser(
+        "web",
+        help="serve the search page and its HTTP/JSON API, a client of a running search service",
+        description="Serve the web page (type a sentence, see and play the moments) and the JSON API "
+        "(/api/search, /api/videos/KEY, /media/KEY with HTTP Range, /thumbs/ID.jpg; OpenAPI at /docs) on "
+        "web.host (loopback by default). It calls the search service over gRPC: --target, web.target, or "
+        "services.host:search_port. With security.token set, people log in with the token and API clients "
+        "send it as a bearer token.",
+    )
+    p.add_argument("--target", metavar="HOST:PORT", help="search service address (default: web.target or services.host:search_port)")
+    p.add_argument("--port", type=int, metavar="PORT", help="HTTP port (default: web.port; 0 = a free one)")
+    p.set_defaults(handler=cmd_web)
 
     p = sub.add_parser(
         "search",
@@ -63,6 +78,11 @@ def add_commands(sub: Any) -> None:
         "moments and per-stage timings. Says plainly when the weights are random.",
     )
     p.add_argument("--executor", choices=("ray", "inline"), default="ray", help="ingest on local Ray (default) or in-process")
+    p.add_argument(
+        "--web", action="store_true",
+        help="afterwards keep the services running and serve the web page; prints its URL (Ctrl-C stops)",
+    )
+    p.add_argument("--web-port", type=int, metavar="PORT", help="web page port (default: web.port; 0 = a free one)")
     p.set_defaults(handler=cmd_demo)
 
 
@@ -91,14 +111,53 @@ def cmd_serve(config: Any, args: argparse.Namespace) -> int:
             refiner_server.stop(0)
         raise
     _say(f"search   listening on {host}:{bound_search}" + ("" if refiner_target else "  (no refiner: coarse results)"))
+    web_server = None
+    if args.web:
+        try:
+            web_server = _start_web(config, f"{dialable_host(host)}:{bound_search}", args.web_port)
+        except BaseException:
+            search_server.stop(0)
+            if refiner_server is not None:
+                refiner_server.stop(0)
+            raise
     _say("press Ctrl-C (or send SIGTERM) to stop")
     _wait_for_stop_signal()
     _say("shutting down: finishing in-flight calls")
+    if web_server is not None:
+        web_server.stop()
     search_server.stop(SHUTDOWN_GRACE_S).wait()
     if refiner_server is not None:
         refiner_server.stop(SHUTDOWN_GRACE_S).wait()
     _say("stopped")
     return 0
+
+
+# -- spr web ------------------------------------------------------------------------------------
+
+
+def cmd_web(config: Any, args: argparse.Namespace) -> int:
+    target = args.target or config.web.target or f"{dialable_host(config.services.host)}:{config.services.search_port}"
+    server = _start_web(config, target, args.port)
+    _say("press Ctrl-C (or send SIGTERM) to stop")
+    _wait_for_stop_signal()
+    server.stop()
+    _say("stopped")
+    return 0
+
+
+def _start_web(config: Any, target: str, port: int | None) -> Any:
+    """The web gateway against the search service at ``target``, started; says where it is."""
+    from spr.errors import UsageError
+    from spr.search.web import PortInUse, serve_web
+
+    try:
+        server = serve_web(config, port=port, target=target)
+    except PortInUse as exc:
+        raise UsageError(f"{exc}; pass --web-port/--port (0 picks a free one) or set web.port") from None
+    _say(f"web      {server.url}  (search service at {target})")
+    if config.security.token:
+        _say("         the page asks for security.token; API clients send 'Authorization: Bearer <token>'")
+    return server
 
 
 def _wait_for_stop_signal() -> None:
@@ -126,8 +185,22 @@ def _say(line: str) -> None:
 def cmd_demo(config: Any, args: argparse.Namespace) -> int:
     from spr.cli.demo import print_report, run_demo
 
-    report = run_demo(config, executor=args.executor, out=sys.stdout)
-    print_report(report, sys.stdout)
+    serving = None
+    if args.web:
+        def serving(search_target: str, report: Any) -> None:
+            # The services stay up while people use the page; the report comes first so the URL
+            # is the last thing on the screen.
+            print_report(report, sys.stdout)
+            server = _start_web(config, search_target, args.web_port)
+            _say(f"open {server.url} and search, e.g. \"the budget for next year\"; press Ctrl-C to stop")
+            try:
+                _wait_for_stop_signal()
+            finally:
+                server.stop()
+
+    report = run_demo(config, executor=args.executor, out=sys.stdout, serving=serving)
+    if serving is None:
+        print_report(report, sys.stdout)
     # The planted events are found from their own frame features whatever the weights, and what
     # is said and written with real weights: a miss means the pipeline is broken.
     return 0 if report.ok else 1

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18spr/api/v1/moments.proto\x12\x06spr.v1\"\x8e\x02\n\x06Moment\x12\x11\n\tvideo_key\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x13\n\x0b\x63oarse_rank\x18\x06 \x01(\x05\x12\x16\n\x0e\x63oarse_start_s\x18\x07 \x01(\x01\x12\x14\n\x0c\x63oarse_end_s\x18\x08 \x01(\x01\x12\x18\n\x10video_duration_s\x18\t \x01(\x01\x12\x30\n\nmodalities\x18\n \x03(\x0b\x32\x1c.spr.v1.ModalityContribution\x12\x0f\n\x07snippet\x18\x0b \x01(\t\x12\x15\n\rsnippet_track\x18\x0c \x01(\t\"E\n\x14ModalityContribution\x12\x10\n\x08modality\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"\x1f\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18spr/api/v1/moments.proto\x12\x06spr.v1\"\xb4\x02\n\x06Moment\x12\x11\n\tvideo_key\x18\x01 \x01(\t\x12\x0b\n\x03uri\x18\x02 \x01(\t\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\x12\r\n\x05score\x18\x05 \x01(\x02\x12\x13\n\x0b\x63oarse_rank\x18\x06 \x01(\x05\x12\x16\n\x0e\x63oarse_start_s\x18\x07 \x01(\x01\x12\x14\n\x0c\x63oarse_end_s\x18\x08 \x01(\x01\x12\x18\n\x10video_duration_s\x18\t \x01(\x01\x12\x30\n\nmodalities\x18\n \x03(\x0b\x32\x1c.spr.v1.ModalityContribution\x12\x0f\n\x07snippet\x18\x0b \x01(\t\x12\x15\n\rsnippet_track\x18\x0c \x01(\t\x12\x10\n\x08video_id\x18\r \x01(\x03\x12\x12\n\nsegment_id\x18\x0e \x01(\x03\"E\n\x14ModalityContribution\x12\x10\n\x08modality\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x02\"\x1f\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDING'].fields_by_name['values']._loaded_options = None
   _globals['_EMBEDDING'].fields_by_name['values']._serialized_options = b'\020\001'
   _globals['_MOMENT']._serialized_start=37
-  _globals['_MOMENT']._serialized_end=307
-  _globals['_MODALITYCONTRIBUTION']._serialized_start=309
-  _globals['_MODALITYCONTRIBUTION']._serialized_end=378
-  _globals['_EMBEDDING']._serialized_start=380
-  _globals['_EMBEDDING']._serialized_end=411
+  _globals['_MOMENT']._serialized_end=345
+  _globals['_MODALITYCONTRIBUTION']._serialized_start=347
+  _globals['_MODALITYCONTRIBUTION']._serialized_end=416
+  _globals['_EMBEDDING']._serialized_start=418
+  _globals['_EMBEDDING']._serialized_end=449
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Moment(_message.Message):
-    __slots__ = ("video_key", "uri", "start_s", "end_s", "score", "coarse_rank", "coarse_start_s", "coarse_end_s", "video_duration_s", "modalities", "snippet", "snippet_track")
+    __slots__ = ("video_key", "uri", "start_s", "end_s", "score", "coarse_rank", "coarse_start_s", "coarse_end_s", "video_duration_s", "modalities", "snippet", "snippet_track", "video_id", "segment_id")
     VIDEO_KEY_FIELD_NUMBER: _ClassVar[int]
     URI_FIELD_NUMBER: _ClassVar[int]
     START_S_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,8 @@ class Moment(_message.Message):
     MODALITIES_FIELD_NUMBER: _ClassVar[int]
     SNIPPET_FIELD_NUMBER: _ClassVar[int]
     SNIPPET_TRACK_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
     video_key: str
     uri: str
     start_s: float
@@ -32,7 +34,9 @@ class Moment(_message.Message):
     modalities: _containers.RepeatedCompositeFieldContainer[ModalityContribution]
     snippet: str
     snippet_track: str
-    def __init__(self, video_key: _Optional[str] = ..., uri: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., coarse_rank: _Optional[int] = ..., coarse_start_s: _Optional[float] = ..., coarse_end_s: _Optional[float] = ..., video_duration_s: _Optional[float] = ..., modalities: _Optional[_Iterable[_Union[ModalityContribution, _Mapping]]] = ..., snippet: _Optional[str] = ..., snippet_track: _Optional[str] = ...) -> None: ...
+    video_id: int
+    segment_id: int
+    def __init__(self, video_key: _Optional[str] = ..., uri: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., score: _Optional[float] = ..., coarse_rank: _Optional[int] = ..., coarse_start_s: _Optional[float] = ..., coarse_end_s: _Optional[float] = ..., video_duration_s: _Optional[float] = ..., modalities: _Optional[_Iterable[_Union[ModalityContribution, _Mapping]]] = ..., snippet: _Optional[str] = ..., snippet_track: _Optional[str] = ..., video_id: _Optional[int] = ..., segment_id: _Optional[int] = ...) -> None: ...
 
 class ModalityContribution(_message.Message):
     __slots__ = ("modality", "rank", "score")

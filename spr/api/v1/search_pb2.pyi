@@ -142,7 +142,7 @@ class CollectionStats(_message.Message):
     def __init__(self, name: _Optional[str] = ..., backend: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index_kind: _Optional[str] = ..., index_params: _Optional[_Mapping[str, str]] = ..., vectors: _Optional[int] = ..., feature_model: _Optional[str] = ...) -> None: ...
 
 class CollectionStatsResponse(_message.Message):
-    __slots__ = ("collections", "videos", "segments")
+    __slots__ = ("collections", "videos", "segments", "default_collection", "modalities")
     class VideosEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,7 +153,90 @@ class CollectionStatsResponse(_message.Message):
     COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
     VIDEOS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
     collections: _containers.RepeatedCompositeFieldContainer[CollectionStats]
     videos: _containers.ScalarMap[str, int]
     segments: int
-    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ..., videos: _Optional[_Mapping[str, int]] = ..., segments: _Optional[int] = ...) -> None: ...
+    default_collection: str
+    modalities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collections: _Optional[_Iterable[_Union[CollectionStats, _Mapping]]] = ..., videos: _Optional[_Mapping[str, int]] = ..., segments: _Optional[int] = ..., default_collection: _Optional[str] = ..., modalities: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetVideoRequest(_message.Message):
+    __slots__ = ("key", "presign")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PRESIGN_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    presign: bool
+    def __init__(self, key: _Optional[str] = ..., presign: _Optional[bool] = ...) -> None: ...
+
+class Video(_message.Message):
+    __slots__ = ("key", "id", "duration_s", "metadata", "size_bytes", "content_type", "segments", "segment_length_s", "thumbnails", "tracks", "warnings", "media_url", "media_url_expires_s")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_LENGTH_S_FIELD_NUMBER: _ClassVar[int]
+    THUMBNAILS_FIELD_NUMBER: _ClassVar[int]
+    TRACKS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_URL_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_URL_EXPIRES_S_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    id: int
+    duration_s: float
+    metadata: _containers.ScalarMap[str, str]
+    size_bytes: int
+    content_type: str
+    segments: int
+    segment_length_s: float
+    thumbnails: bool
+    tracks: _containers.RepeatedScalarFieldContainer[str]
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    media_url: str
+    media_url_expires_s: int
+    def __init__(self, key: _Optional[str] = ..., id: _Optional[int] = ..., duration_s: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., size_bytes: _Optional[int] = ..., content_type: _Optional[str] = ..., segments: _Optional[int] = ..., segment_length_s: _Optional[float] = ..., thumbnails: _Optional[bool] = ..., tracks: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ..., media_url: _Optional[str] = ..., media_url_expires_s: _Optional[int] = ...) -> None: ...
+
+class ReadMediaRequest(_message.Message):
+    __slots__ = ("video_key", "offset", "length")
+    VIDEO_KEY_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    video_key: str
+    offset: int
+    length: int
+    def __init__(self, video_key: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
+
+class MediaChunk(_message.Message):
+    __slots__ = ("data", "offset")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class GetThumbnailRequest(_message.Message):
+    __slots__ = ("segment_id",)
+    SEGMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    segment_id: int
+    def __init__(self, segment_id: _Optional[int] = ...) -> None: ...
+
+class Thumbnail(_message.Message):
+    __slots__ = ("jpeg", "placeholder", "video_key")
+    JPEG_FIELD_NUMBER: _ClassVar[int]
+    PLACEHOLDER_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_KEY_FIELD_NUMBER: _ClassVar[int]
+    jpeg: bytes
+    placeholder: bool
+    video_key: str
+    def __init__(self, jpeg: _Optional[bytes] = ..., placeholder: _Optional[bool] = ..., video_key: _Optional[str] = ...) -> None: ...

@@ -44,6 +44,21 @@ class SearchServiceStub:
                 request_serializer=spr_dot_api_dot_v1_dot_search__pb2.CollectionStatsRequest.SerializeToString,
                 response_deserializer=spr_dot_api_dot_v1_dot_search__pb2.CollectionStatsResponse.FromString,
                 _registered_method=True)
+        self.GetVideo = channel.unary_unary(
+                '/spr.v1.SearchService/GetVideo',
+                request_serializer=spr_dot_api_dot_v1_dot_search__pb2.GetVideoRequest.SerializeToString,
+                response_deserializer=spr_dot_api_dot_v1_dot_search__pb2.Video.FromString,
+                _registered_method=True)
+        self.ReadMedia = channel.unary_stream(
+                '/spr.v1.SearchService/ReadMedia',
+                request_serializer=spr_dot_api_dot_v1_dot_search__pb2.ReadMediaRequest.SerializeToString,
+                response_deserializer=spr_dot_api_dot_v1_dot_search__pb2.MediaChunk.FromString,
+                _registered_method=True)
+        self.GetThumbnail = channel.unary_unary(
+                '/spr.v1.SearchService/GetThumbnail',
+                request_serializer=spr_dot_api_dot_v1_dot_search__pb2.GetThumbnailRequest.SerializeToString,
+                response_deserializer=spr_dot_api_dot_v1_dot_search__pb2.Thumbnail.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
@@ -62,6 +77,30 @@ class SearchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVideo(self, request, context):
+        """One ready catalog video by key: its duration, metadata and media (NOT_FOUND otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadMedia(self, request, context):
+        """Bytes [offset, offset + length) of a ready video's media file, in chunks of at most
+        256 KiB. Only catalog videos, looked up by key: no path from a request reaches a file
+        system. OUT_OF_RANGE when offset is past the end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetThumbnail(self, request, context):
+        """The JPEG thumbnail of one segment (placeholder=true, no bytes, for a video without
+        thumbnails, e.g. one brought in by `spr import`); NOT_FOUND for an unknown segment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SearchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +113,21 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.CollectionStats,
                     request_deserializer=spr_dot_api_dot_v1_dot_search__pb2.CollectionStatsRequest.FromString,
                     response_serializer=spr_dot_api_dot_v1_dot_search__pb2.CollectionStatsResponse.SerializeToString,
+            ),
+            'GetVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVideo,
+                    request_deserializer=spr_dot_api_dot_v1_dot_search__pb2.GetVideoRequest.FromString,
+                    response_serializer=spr_dot_api_dot_v1_dot_search__pb2.Video.SerializeToString,
+            ),
+            'ReadMedia': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadMedia,
+                    request_deserializer=spr_dot_api_dot_v1_dot_search__pb2.ReadMediaRequest.FromString,
+                    response_serializer=spr_dot_api_dot_v1_dot_search__pb2.MediaChunk.SerializeToString,
+            ),
+            'GetThumbnail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThumbnail,
+                    request_deserializer=spr_dot_api_dot_v1_dot_search__pb2.GetThumbnailRequest.FromString,
+                    response_serializer=spr_dot_api_dot_v1_dot_search__pb2.Thumbnail.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +184,87 @@ class SearchService:
             '/spr.v1.SearchService/CollectionStats',
             spr_dot_api_dot_v1_dot_search__pb2.CollectionStatsRequest.SerializeToString,
             spr_dot_api_dot_v1_dot_search__pb2.CollectionStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spr.v1.SearchService/GetVideo',
+            spr_dot_api_dot_v1_dot_search__pb2.GetVideoRequest.SerializeToString,
+            spr_dot_api_dot_v1_dot_search__pb2.Video.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadMedia(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/spr.v1.SearchService/ReadMedia',
+            spr_dot_api_dot_v1_dot_search__pb2.ReadMediaRequest.SerializeToString,
+            spr_dot_api_dot_v1_dot_search__pb2.MediaChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThumbnail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/spr.v1.SearchService/GetThumbnail',
+            spr_dot_api_dot_v1_dot_search__pb2.GetThumbnailRequest.SerializeToString,
+            spr_dot_api_dot_v1_dot_search__pb2.Thumbnail.FromString,
             options,
             channel_credentials,
             insecure,
