@@ -36,7 +36,9 @@ DOCKER = DEPLOY / "docker"
 KUBE_VERSION = "1.30"
 OVERLAYS = ("single-node", "cluster", "cluster-external")
 CLUSTER_OVERLAYS = ("cluster", "cluster-external")
-DOCKERFILES = ("search", "refiner", "ingest")
+DOCKERFILES = ("search", "refiner", "ingest", "web")
+# The images with torch and the models; the web gateway's has neither (web-requirements.txt).
+MODEL_DOCKERFILES = ("search", "refiner", "ingest")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]
 OUR_IMAGES = {f"registry.example.com/spr/spr-{name}" for name in DOCKERFILES}
@@ -53,6 +55,7 @@ def _load(name: str, path: Path) -> Any:
 render = _load("spr_deploy_render", DEPLOY / "render.py")
 stage_manifest = _load("spr_deploy_stage_manifest", DOCKER / "stage_manifest.py")
 grpc_health_check = _load("spr_deploy_grpc_health_check", DOCKER / "grpc_health_check.py")
+http_health_check = _load("spr_deploy_http_health_check", DOCKER / "http_health_check.py")
 
 
 def _proto_service(name: str) -> str:
@@ -343,17 +346,21 @@ EXPECTED_OBJECTS = {
         ("Deployment", "spr-search"), ("Service", "spr-search"), ("HorizontalPodAutoscaler", "spr-search"),
         ("Deployment", "spr-refiner"), ("Service", "spr-refiner"), ("PersistentVolumeClaim", "spr-data"),
         ("StatefulSet", "spr-postgres"), ("Service", "spr-postgres"), ("Service", "spr-postgres-headless"),
-        ("Milvus", "spr-milvus"),
+        ("Milvus", "spr-milvus"), ("Deployment", "spr-web"), ("Service", "spr-web"),
     },
     "cluster": {
         ("ConfigMap", "spr-config"), ("Secret", "spr-secrets"), ("Secret", "spr-postgres-credentials"),
         ("Deployment", "spr-search"), ("Service", "spr-search"), ("HorizontalPodAutoscaler", "spr-search"),
         ("Deployment", "spr-refiner"), ("Service", "spr-refiner"), ("PodDisruptionBudget", "spr-search"),
         ("PodDisruptionBudget", "spr-refiner"), ("Cluster", "spr-postgres"), ("Milvus", "spr-milvus"),
-        ("RayCluster", "spr-ingest"),
+        ("RayCluster", "spr-ingest"), ("Deployment", "spr-web"), ("Service", "spr-web"),
+        ("PodDisruptionBudget", "spr-web"), ("Ingress", "spr-web"),
     },
 }
-EXPECTED_OBJECTS["cluster-external"] = EXPECTED_OBJECTS["cluster"] - {("Cluster", "spr-postgres"), ("Milvus", "spr-milvus")}
+# The Ingress is an example of the cluster overlay only.
+EXPECTED_OBJECTS["cluster-external"] = EXPECTED_OBJECTS["cluster"] - {
+    ("Cluster", "spr-postgres"), ("Milvus", "spr-milvus"), ("Ingress", "spr-web")
+}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -693,12 +700,15 @@ def test_commands_are_valid_spr_command_lines(rendered: dict[str, list[dict[str,
         assert parser.parse_args(search["command"][1:]).no_refiner is True
         (_, refiner), = _containers(rendered[overlay], "refiner")
         assert refiner["command"] == ["python", "/opt/spr/bin/serve_refiner.py"]
+        (_, web), = _containers(rendered[overlay], "web")
+        assert web["command"][:2] == ["spr", "web"] and parser.parse_args(web["command"][1:]).handler.__name__ == "cmd_web"
     job = next(d for d in _job_templates() if d["kind"] == "Job")
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[0] == "spr" and parser.parse_args(command[1:]).manifest
     compose = _compose()["services"]
     assert parser.parse_args(compose["search"]["command"]).no_refiner is True
     assert compose["ingest"]["entrypoint"] == ["spr"] and parser.parse_args(compose["ingest"]["command"])
+    assert parser.parse_args(compose["web"]["command"]).handler.__name__ == "cmd_web"
 
 
 # -- pods: resources, hardening, GPUs, TLS ------------------------------------------------------------
@@ -756,6 +766,11 @@ def test_gpus(rendered: dict[str, list[dict[str, Any]]]) -> None:
         hpa = _by_kind(objects, "HorizontalPodAutoscaler")["spr-search"]
         assert hpa["spec"]["scaleTargetRef"]["name"] == "spr-search" and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
         assert "replicas" not in _by_kind(objects, "Deployment")["spr-search"]["spec"]  # the HPA owns it
+        # Two gateways, kept above one by their disruption budget; they need no GPU.
+        assert _by_kind(objects, "Deployment")["spr-web"]["spec"]["replicas"] >= 2
+        assert _by_kind(objects, "PodDisruptionBudget")["spr-web"]["spec"]["minAvailable"] == 1
+        (_, web), = _containers(objects, "web")
+        assert "nvidia.com/gpu" not in web["resources"]["limits"]
     # One node, no GPU: nothing asks for one; the refiner runs the CPU image on CPU.
     objects = rendered["single-node"]
     assert "nvidia.com/gpu" not in yaml.safe_dump(objects)
@@ -819,7 +834,7 @@ def test_probes_and_tls(rendered: dict[str, list[dict[str, Any]]], overlay: str)
 def test_compose_file() -> None:
     compose = _compose()
     services = compose["services"]
-    assert {"etcd", "minio", "milvus", "postgres", "refiner", "search"} <= set(services)
+    assert {"etcd", "minio", "milvus", "postgres", "refiner", "search", "web"} <= set(services)
     images = {name: s["image"] for name, s in services.items()}
     assert images["milvus"].startswith("milvusdb/milvus:v")
     assert images["etcd"].startswith("quay.io/coreos/etcd:v")
@@ -852,8 +867,261 @@ def test_compose_file() -> None:
     published = {p.rsplit(":", 1)[1] for p in services["search"]["ports"]}
     assert published == {str(search_cfg.services.search_port), str(search_cfg.metrics.search_port)}
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+    # The web page: its own image, on the configured port (8080 on the host by default), calling
+    # the search service by its compose name once that is healthy.
+    web = services["web"]
+    assert web["build"]["dockerfile"] == "deploy/docker/web.Dockerfile"
+    web_cfg = load_config(environ={k: str(v) for k, v in web["environment"].items()})
+    assert web_cfg.web.host == "0.0.0.0"
+    assert web_cfg.web.target == f"search:{search_cfg.services.search_port}"
+    assert set(web["depends_on"]) == {"search"}
+    (published,) = web["ports"]
+    host_port, container_port = published.removeprefix("127.0.0.1:").rsplit(":", 1)
+    assert container_port == str(web_cfg.web.port)
+    assert re.fullmatch(r"\$\{WEB_PORT:-8080\}|8080", host_port)
+    assert web["healthcheck"]["test"] == ["CMD", "python", "/opt/spr/bin/http_health_check.py"]
+    assert "volumes" not in web  # no data: everything comes from the search service
     gpu = yaml.safe_load((DEPLOY / "compose.gpu.yaml").read_text())
     assert set(gpu["services"]) <= set(services)
+
+
+# -- the web gateway ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_web_deployment_and_service(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    from spr.search.web import app as web_app
+
+    objects = rendered[overlay]
+    config, secrets = _config_objects(objects)
+    services = _by_kind(objects, "Service")
+    (template, web), = _containers(objects, "web")
+    assert web["image"] == f"registry.example.com/spr/spr-web:{VERSION}"
+    cfg = _effective_config(web, config, secrets)
+    # It listens on the pod's interfaces, on the port its Service targets.
+    assert cfg.web.host == "0.0.0.0"
+    assert {p["name"]: p["containerPort"] for p in web["ports"]} == {"http": cfg.web.port}
+    service = services["spr-web"]
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "http" and port["targetPort"] == "http"
+    # Its target is the search Service's gRPC port, which leads to the search pods' gRPC port.
+    host, _, target_port = cfg.web.target.rpartition(":")
+    assert host == "spr-search"  # the name the search service's TLS certificate carries
+    (search_template, search), = _containers(objects, "search")
+    assert services[host]["spec"]["selector"].items() <= search_template["metadata"]["labels"].items()
+    (grpc_port,) = [p for p in services[host]["spec"]["ports"] if p["port"] == int(target_port)]
+    search_ports = {p["name"]: p["containerPort"] for p in search["ports"]}
+    assert search_ports[grpc_port["targetPort"]] == _effective_config(search, config, secrets).services.search_port
+    # Liveness and startup never depend on the search service; readiness does.
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        assert web[probe]["httpGet"] == {"path": path, "port": "http"}, probe
+        # The readiness check's own deadline ends before the kubelet gives up on the probe.
+        assert web[probe]["timeoutSeconds"] > web_app.READY_TIMEOUT_S, probe
+    # The token (spr-secrets) reaches the gateway, which asks people for it and forwards it; the
+    # catalog's credentials do not (the gateway never opens the catalog).
+    assert {s.get("secretRef", {}).get("name") for s in web["envFrom"]} >= {"spr-secrets"}
+    assert not {e["name"] for e in web["env"]} & {"PGUSER", "PGPASSWORD"}
+    assert web["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "prometheus.io/scrape" not in template["metadata"].get("annotations", {})  # no /metrics
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    if overlay in CLUSTER_OVERLAYS:
+        # TLS to the search service, verified with the CA only: the web pod gets ca.crt of
+        # spr-tls and not the services' key, at the path security.tls_ca names.
+        assert cfg.security.tls_ca == _effective_config(search, config, secrets).security.tls_ca
+        assert volumes["tls"]["secret"]["secretName"] == "spr-tls"
+        assert volumes["tls"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}]
+        (mount,) = [m for m in web["volumeMounts"] if m["name"] == "tls"]
+        assert mount["readOnly"] is True and os.path.join(mount["mountPath"], "ca.crt") == cfg.security.tls_ca
+    else:
+        assert not cfg.security.tls_ca and not cfg.security.tls_cert and "tls" not in volumes
+
+
+def _nginx_size(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kKmMgG]?)", value).groups()
+    return int(number) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit.lower()]
+
+
+def test_web_ingress_example(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered["cluster"]
+    ingress = _by_kind(objects, "Ingress")["spr-web"]
+    spec, annotations = ingress["spec"], ingress["metadata"]["annotations"]
+    assert ingress["apiVersion"] == "networking.k8s.io/v1" and spec["ingressClassName"] == "nginx"
+    config, secrets = _config_objects(objects)
+    (_, web), = _containers(objects, "web")
+    cfg = _effective_config(web, config, secrets)
+    # Media streams through unbuffered; the gateway's own caps and deadlines answer first.
+    assert annotations["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert _nginx_size(annotations["nginx.ingress.kubernetes.io/proxy-body-size"]) > cfg.web.max_body_bytes
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > cfg.web.timeout_s
+    # TLS for every host it serves, from a named Secret.
+    hosts = {rule["host"] for rule in spec["rules"]}
+    assert hosts and hosts <= {h for entry in spec["tls"] for h in entry["hosts"]}
+    assert all(entry["secretName"] for entry in spec["tls"])
+    assert annotations["nginx.ingress.kubernetes.io/ssl-redirect"] == "true"
+    # Every path leads to a named port of an existing Service: the gateway's.
+    services = _by_kind(objects, "Service")
+    backends = [p["backend"]["service"] for rule in spec["rules"] for p in rule["http"]["paths"]]
+    assert backends
+    for backend in backends:
+        assert backend["name"] == "spr-web"
+        assert backend["port"]["name"] in {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
+    # Behind it the gateway sees https (X-Forwarded-Proto from the controller is trusted), so
+    # the session cookie is Secure.
+    assert {e["name"]: e.get("value") for e in web["env"]}["FORWARDED_ALLOW_IPS"] == "*"
+
+
+def _get(url: str) -> tuple[int, Any]:
+    """GET ``url``: the status and the decoded JSON body (None when it is not JSON)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        return status, None
+
+
+def test_web_probes(clean_spr_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """/healthz answers without a token and without the search service; /readyz follows the
+    search service's gRPC health; the image's health script reads the same answers."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from spr.search.web import serve_web
+
+    servicer = health.HealthServicer()
+    search = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, search)
+    servicer.set(SEARCH_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    search_port = search.add_insecure_port("127.0.0.1:0")
+    search.start()
+    config = load_config(environ={"SPR_SECURITY__TOKEN": "s3cret"})
+    web = serve_web(config, port=0, target=f"127.0.0.1:{search_port}")
+    try:
+        base = web.url.rstrip("/")
+        # The token gate is on: the API refuses a request without it, the probes do not.
+        assert _get(f"{base}/api/info")[0] == 401
+        assert _get(f"{base}/healthz") == (200, {"status": "ok"})
+        status, body = _get(f"{base}/readyz")
+        assert status == 200 and body["search"] == "SERVING"
+        assert http_health_check.main(["--port", str(web.port)]) == 0
+        assert http_health_check.main(["--port", str(web.port), "--ready"]) == 0
+        clean_spr_env.setenv("SPR_WEB__PORT", str(web.port))  # the configured port is the default
+        assert http_health_check.main([]) == 0
+        # Draining: not ready, still alive.
+        servicer.set(SEARCH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        status, body = _get(f"{base}/readyz")
+        assert status == 503 and "NOT_SERVING" in body["error"]["message"]
+        assert http_health_check.main(["--ready"]) == 1
+        # Gone: not ready, still alive (a restart of the gateway would not bring it back).
+        search.stop(0).wait()
+        status, body = _get(f"{base}/readyz")
+        assert status == 503 and body["error"]["code"] == "UNAVAILABLE"
+        assert _get(f"{base}/healthz")[0] == 200
+        assert http_health_check.main([]) == 0
+    finally:
+        search.stop(0)
+        web.stop()
+    assert http_health_check.main(["--timeout", "1"]) == 1  # nothing listens any more
+    clean_spr_env.setenv("SPR_WEB__NOPE", "1")
+    assert http_health_check.main([]) == 1
+    assert "web.nope" in capsys.readouterr().err
+
+
+def _distribution_closure(names: list[str]) -> set[str]:
+    """The installed distributions ``names`` need at run time (their requirements without
+    extras, recursively), canonical names."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: set[str] = set()
+    todo = [Requirement(name) for name in names]
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        todo += [Requirement(r) for r in md.distribution(name).requires or []]
+    return seen
+
+
+# Run in a child: refuse to import any installed distribution's module unless that
+# distribution is allowed (stdlib modules belong to none and pass), then run the command line.
+_ONLY_THESE_DISTRIBUTIONS = r"""
+import importlib.abc, importlib.metadata as md, sys
+from packaging.utils import canonicalize_name
+allowed = set(sys.argv[1].split(","))
+owners = {top: {canonicalize_name(d) for d in dists} for top, dists in md.packages_distributions().items()}
+refused = set()
+
+class OnlyAllowed(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top in owners and not owners[top] & allowed:
+            refused.add(top)
+            raise ModuleNotFoundError(f"{name} is not in the web image", name=name)
+        return None
+
+sys.meta_path.insert(0, OnlyAllowed())
+import atexit
+atexit.register(lambda: print("refused:", ",".join(sorted(refused)), file=sys.stderr))
+from spr.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_web_image_packages_suffice_for_spr_web(tmp_path: Path) -> None:
+    """`spr web` runs with only what the web image installs: the project (installed there with
+    --no-deps) and web-requirements.txt with their requirements. torch, Ray, Faiss, pymilvus
+    and the text models stay out of the image, so nothing the gateway runs may import them."""
+    import signal
+
+    names = [line.split("#")[0].strip() for line in (DOCKER / "web-requirements.txt").read_text().splitlines()]
+    allowed = _distribution_closure([n for n in names if n]) | {"spr-moment-search"}
+    assert not allowed & {"torch", "ray", "faiss-cpu", "pymilvus", "sqlalchemy", "open-clip-torch"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPR_")}
+    env["SPR_DATA_DIR"] = str(tmp_path)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _ONLY_THESE_DISTRIBUTIONS, ",".join(sorted(allowed)),
+         "web", "--port", "0", "--target", "127.0.0.1:9"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+    )
+    try:
+        url = None
+        for line in child.stdout:
+            found = re.match(r"web\s+(http://\S+)", line)
+            if found:
+                url = found.group(1).rstrip("/")
+                break
+        assert url, child.stderr.read() if child.poll() is not None else "no URL printed"
+        assert _get(f"{url}/healthz") == (200, {"status": "ok"})
+        assert _get(f"{url}/readyz")[0] == 503  # nothing serves at 127.0.0.1:9
+        assert _get(f"{url}/api/info")[0] == 503
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert "Traceback" not in err, err
+    # The check bites: without numpy (which the configuration's index specs import) the same
+    # command line cannot even start.
+    without = subprocess.run(
+        [sys.executable, "-c", _ONLY_THESE_DISTRIBUTIONS, ",".join(sorted(allowed - {"numpy"})), "web", "--help"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    assert without.returncode != 0 and "numpy is not in the web image" in without.stderr
 
 
 # -- images --------------------------------------------------------------------------------------
@@ -911,18 +1179,11 @@ def test_dockerfile_conventions(name: str) -> None:
         assert any(line.startswith("COPY ") and script.group(1) in line for line in final)
     else:
         assert "ray" in health
-    # torch 2.13.0 first (the right build, from PyTorch's index), then the project with the pins.
     runs = [line for stage in stages for line in stage if line.startswith("RUN ")]
-    torch_at = next(i for i, line in enumerate(runs) if "torch==2.13.0" in line)
-    project_at = next(i for i, line in enumerate(runs) if "constraints.txt" in line)
-    assert torch_at < project_at
-    index = re.search(r"--index-url\s+\"?(\S+?)\"?\s", runs[torch_at] + " ").group(1)
-    if name == "search":
-        assert index.endswith("/whl/cpu")
+    if name == "web":
+        _check_web_image_installs(text, runs)
     else:
-        arg = re.search(r"ARG TORCH_INDEX_URL=(\S+)", text).group(1)
-        assert index == "${TORCH_INDEX_URL}" and re.search(r"/whl/cu\d+$", arg)
-    assert "torchvision==0.28.0" in runs[torch_at]
+        _check_torch_first(name, text, runs)
     # The context is limited by <name>.Dockerfile.dockerignore, and what the image copies is in it.
     ignore = (DOCKER / f"{name}.Dockerfile.dockerignore").read_text().splitlines()
     included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
@@ -934,6 +1195,39 @@ def test_dockerfile_conventions(name: str) -> None:
         for source in sources:
             assert source in included or any(source.startswith(f"{inc}/") or Path(source).match(inc) for inc in included), source
             assert (ROOT / source).exists(), source
+
+
+def _check_torch_first(name: str, text: str, runs: list[str]) -> None:
+    # torch 2.13.0 first (the right build, from PyTorch's index), then the project with the pins.
+    torch_at = next(i for i, line in enumerate(runs) if "torch==2.13.0" in line)
+    project_at = next(i for i, line in enumerate(runs) if "constraints.txt" in line)
+    assert torch_at < project_at
+    index = re.search(r"--index-url\s+\"?(\S+?)\"?\s", runs[torch_at] + " ").group(1)
+    if name == "search":
+        assert index.endswith("/whl/cpu")
+    else:
+        arg = re.search(r"ARG TORCH_INDEX_URL=(\S+)", text).group(1)
+        assert index == "${TORCH_INDEX_URL}" and re.search(r"/whl/cu\d+$", arg)
+    assert "torchvision==0.28.0" in runs[torch_at]
+
+
+def _check_web_image_installs(text: str, runs: list[str]) -> None:
+    """The web image: the project without its dependencies, then web-requirements.txt at
+    constraints.txt's versions; no torch, no model, and `spr web` by default on web.port."""
+    (install,) = [line for line in runs if "pip install" in line]
+    steps = [step.strip() for step in install.split("&&")]
+    project = next(i for i, step in enumerate(steps) if step.startswith("pip install") and step.endswith(" /src"))
+    assert "--no-deps" in shlex.split(steps[project])
+    rest = shlex.split(steps[project + 1])
+    assert rest[:2] == ["pip", "install"]
+    assert rest[rest.index("--constraint") + 1] == "/src/constraints.txt"
+    assert rest[rest.index("--requirement") + 1] == "/src/web-requirements.txt"
+    assert not [t for t in rest[2:] if not t.startswith("-") and not t.startswith("/src/")], rest
+    assert "torch" not in install
+    config = load_config(environ={})
+    assert re.search(rf"^EXPOSE {config.web.port}$", text, re.M)
+    assert _dockerfile_env(text)["SPR_WEB__HOST"] == "0.0.0.0"
+    assert re.search(r'^ENTRYPOINT \["spr"\]\s*^CMD \["web"\]', text, re.M)
 
 
 def test_ingest_image_matches_the_ray_pin() -> None:
@@ -960,8 +1254,13 @@ def test_constraints_agree_with_pyproject() -> None:
         assert req.specifier.contains(pins[name], prereleases=True), f"{dependency} vs {name}=={pins[name]}"
     # s3fs is installed beside the project (object storage); it needs the same fsspec release.
     assert pins["s3fs"] == pins["fsspec"]
-    for name in DOCKERFILES:
+    for name in MODEL_DOCKERFILES:
         assert f"s3fs=={pins['s3fs']}" in (DOCKER / f"{name}.Dockerfile").read_text()
+    # The web image's packages are pinned here too.
+    for line in (DOCKER / "web-requirements.txt").read_text().splitlines():
+        name = line.split("#")[0].strip()
+        if name:
+            assert canonicalize_name(name) in pins, f"{name} (web-requirements.txt) is missing from constraints.txt"
 
 
 # -- the scripts the images ship --------------------------------------------------------------------

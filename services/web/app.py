@@ -8,6 +8,9 @@ so the gateway deploys on its own and holds no model, catalog or file:
   ``offset``), ``GET /api/videos/{key}``;
 - ``GET /media/{key}`` a catalog video's bytes with HTTP ``Range`` (or a redirect to a
   presigned object-store URL), ``GET /thumbs/{segment_id}.jpg`` a segment's thumbnail.
+- ``GET /healthz`` liveness (the process answers; no call to the search service) and
+  ``GET /readyz`` readiness (the search service answers its gRPC health check SERVING), both
+  open without a token, for Kubernetes probes and load balancers.
 
 A video is only ever named by its catalog key and only looked up by the search service, so no
 request path reaches a file system: ``/media/../catalog.db`` is simply an unknown key (404).
@@ -39,6 +42,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from spr.api.v1 import search_pb2
 from spr.config import Config
 from spr.limits import MAX_SEGMENTS_K, MAX_TEXT_CHARS, MAX_TOP_K, MAX_VIDEO_KEY_LENGTH
 from spr.search.client import SearchClient
@@ -205,6 +209,7 @@ def create_app(config: Config, client: SearchClient | None = None) -> FastAPI:
     _add_page_routes(app, settings)
     _add_api_routes(app, client, settings)
     _add_media_routes(app, client, settings)
+    _add_health_routes(app, client)
     app.mount("/static", _CachedStaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     # Middleware, innermost first: the token check, CORS (outside it, so preflights and 401s get
     # their headers), the size caps, and the security headers on every answer.
@@ -518,6 +523,42 @@ def _etag_matches(if_none_match: str | None, etag: str) -> bool:
         return False
     tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
     return "*" in tags or etag in tags
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+READY_TIMEOUT_S = 2.0  # deadline of /readyz's health check (under a probe's timeoutSeconds)
+
+
+def _add_health_routes(app: FastAPI, client: SearchClient) -> None:
+    """Probes, outside the token gate (which guards only the page, /api, /media and /thumbs).
+
+    Liveness must not depend on the search service: a gateway whose backend is down is alive
+    and would only be restarted in vain. Readiness does: a gateway that cannot reach the search
+    service leaves the Service's endpoints until it can. The health check needs no token (the
+    search service exempts it), so a wrong token still shows up as 401s, not as unreadiness."""
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> Response:
+        return JSONResponse({"status": "ok"}, headers={"Cache-Control": "no-store"})
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        service = search_pb2.DESCRIPTOR.services_by_name["SearchService"].full_name
+        try:
+            answer = health_pb2_grpc.HealthStub(client.channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=min(READY_TIMEOUT_S, client.timeout_s)
+            )
+        except grpc.RpcError as exc:
+            return error_response(503, f"the search service at {client.target} is not reachable: {exc.code().name}",
+                                  headers={"Cache-Control": "no-store"})
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+        if answer.status != health_pb2.HealthCheckResponse.SERVING:
+            return error_response(503, f"the search service at {client.target} is {status}",
+                                  headers={"Cache-Control": "no-store"})
+        return JSONResponse({"status": "ready", "search": status}, headers={"Cache-Control": "no-store"})
 
 
 # --- middleware ----------------------------------------------------------------------------------
