@@ -6,11 +6,17 @@ open_clip's transform) and yields them in fixed-size chunks, so memory stays bou
 whatever the video's length. :class:`VideoEncoder` runs where the model is (one per GPU, or
 a CPU actor): it loads CLIP and the projector once and turns a stream of chunks into the
 video's frame features ``(T, D)`` and segment embeddings ``(n, dim)``.
+
+The same pass makes the web page's segment thumbnails: each segment's JPEG is the decoded
+frame nearest its midpoint (:func:`thumbnail_frames`), taken from the chunks on their way to
+CLIP, so a video is decoded once whatever it feeds.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -19,13 +25,17 @@ from typing import Any
 
 import numpy as np
 
-from spr.features import VISUAL, Modality
-from spr.segments import segment_rows
+from spr.features import MAX_THUMBNAIL_BYTES, VISUAL, Modality
+from spr.segments import segment_bounds, segment_rows
 
 from .decode import DecodeError, VideoProbe, count_expected_frames, probe_video, sample_frames
 from .sources import VideoSource, file_digest
 
 log = logging.getLogger(__name__)
+
+# Thumbnails: a result card's picture, not a poster. 192 px and quality 75 make a few KiB each.
+THUMBNAIL_MAX_SIDE = 192
+THUMBNAIL_QUALITY = 75
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,8 @@ class EncodedVideo:
     encode_s: float
     # The text tracks (speech, subtitles) when the run has them (spr.ingest.tracks.TrackOutcome).
     tracks: Any = None
+    # One JPEG per segment (ordinal order), from the frame nearest the segment's midpoint.
+    thumbnails: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -146,6 +158,74 @@ def decode_chunks(path: str, frame_rate: float, image_size: int, chunk_frames: i
         yield np.stack(chunk)
 
 
+def thumbnail_frames(duration_s: float, frame_rate: float, segment_length_s: float) -> list[int]:
+    """For each segment of a ``duration_s`` video, the index of the sampled frame (sample ``i``
+    shows time ``i / frame_rate``) nearest its midpoint, within the video's samples."""
+    bounds = segment_bounds(duration_s, segment_length_s)
+    last = max(0, count_expected_frames(duration_s, frame_rate) - 1)
+    mids = (bounds.start_s + bounds.end_s) / 2.0
+    return [min(last, max(0, math.floor(m * frame_rate + 0.5))) for m in mids.tolist()]
+
+
+def thumbnail_jpeg(image: np.ndarray, max_side: int = THUMBNAIL_MAX_SIDE, quality: int = THUMBNAIL_QUALITY) -> bytes:
+    """A JPEG of ``image`` ``(H, W, 3)`` RGB (uint8, or floats in [0, 1]; grey ``(H, W)`` and
+    RGBA are taken too), its longest side at most ``max_side``, under the feature store's cap."""
+    from PIL import Image
+
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4) or not array.shape[0] or not array.shape[1]:
+        raise ValueError(f"a thumbnail is made from an (H, W, 3) RGB image, got shape {array.shape}")
+    array = array[:, :, :3]
+    if array.dtype != np.uint8:
+        # Decoding gives uint8; a float image is in [0, 1] (anything else is clipped to 0-255).
+        scale = 255.0 if np.issubdtype(array.dtype, np.floating) and float(np.nanmax(array)) <= 1.0 else 1.0
+        array = np.clip(np.nan_to_num(array.astype(np.float64) * scale), 0, 255).round().astype(np.uint8)
+    picture = Image.fromarray(np.ascontiguousarray(array), "RGB")
+    picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    for q in (quality, 50, 30, 15):  # noise-like frames compress badly: lower the quality, not the size
+        out = io.BytesIO()
+        picture.save(out, "JPEG", quality=q, optimize=True)
+        if out.tell() <= MAX_THUMBNAIL_BYTES:
+            return out.getvalue()
+    raise ValueError(f"a {picture.size} thumbnail stays over {MAX_THUMBNAIL_BYTES} bytes even at quality 15")
+
+
+class _Thumbnails:
+    """Picks each segment's frame out of the chunk stream as it passes and keeps only its JPEG
+    (and the last frame, standing in for samples a short container never delivers)."""
+
+    def __init__(self, duration_s: float, frame_rate: float, segment_length_s: float) -> None:
+        self.by_frame: dict[int, list[int]] = {}
+        for ordinal, frame in enumerate(thumbnail_frames(duration_s, frame_rate, segment_length_s)):
+            self.by_frame.setdefault(frame, []).append(ordinal)
+        self.jpegs: list[bytes | None] = [None] * sum(len(v) for v in self.by_frame.values())
+        self.seen = 0
+        self.last: np.ndarray | None = None
+
+    def take(self, chunk: np.ndarray) -> None:
+        for i in range(len(chunk)):
+            ordinals = self.by_frame.get(self.seen + i)
+            if ordinals:
+                jpeg = thumbnail_jpeg(chunk[i])
+                for ordinal in ordinals:
+                    self.jpegs[ordinal] = jpeg
+        self.seen += len(chunk)
+        if len(chunk):
+            self.last = np.array(chunk[-1])  # a copy: a view would keep the whole chunk alive
+
+    def finish(self) -> tuple[bytes, ...]:
+        if self.last is None:
+            return ()
+        missing = [o for o, j in enumerate(self.jpegs) if j is None]
+        if missing:
+            stand_in = thumbnail_jpeg(self.last)
+            for ordinal in missing:
+                self.jpegs[ordinal] = stand_in
+        return tuple(self.jpegs)  # type: ignore[arg-type]
+
+
 class VideoEncoder:
     """CLIP image tower + visual projector, loaded once. Thread-safe: model calls are
     serialised, so a threaded actor can overlap one video's decoding with another's encoding."""
@@ -186,11 +266,13 @@ class VideoEncoder:
         s = self.settings
         decode_s = encode_s = 0.0
         parts = []
+        thumbnails = _Thumbnails(float(probe.duration_s), s.frame_rate, s.segment_length_s)
         t = time.perf_counter()
         for chunk in chunks:
             t1 = time.perf_counter()
             decode_s += t1 - t
             parts.append(self.encode_frames(chunk))
+            thumbnails.take(chunk)
             t = time.perf_counter()
             encode_s += t - t1
         expected = max(1, count_expected_frames(probe.duration_s, s.frame_rate))
@@ -218,6 +300,7 @@ class VideoEncoder:
             embeddings=embeddings,
             decode_s=decode_s,
             encode_s=encode_s,
+            thumbnails=thumbnails.finish(),
         )
 
     def process(self, source: VideoSource, skip_if_hash: str | None = None) -> EncodedVideo | FailedVideo | SkippedVideo:

@@ -252,6 +252,7 @@ def _as_item(result: Any) -> ReaderItem:
             texts=dict(outcome.texts) if outcome is not None else {},
             tracks=dict(outcome.reports) if outcome is not None else {},
             warnings=tuple(outcome.warnings) if outcome is not None else (),
+            thumbnails=result.thumbnails,
         )
     if isinstance(result, SkippedVideo):
         return Unchanged(result.source.key)

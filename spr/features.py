@@ -11,6 +11,10 @@ subtitle encoder adds its own name and nothing here changes). The visual feature
 they always did, ``<shard>/<video id>.h5``; another modality ``m`` beside them in
 ``<shard>/<video id>.<m>.h5``. A text track's transcript (:class:`spr.text_tracks.Transcript`, its
 cues and words with their timings) is JSON in ``<shard>/<video id>.<track>.transcript.json``.
+A video's segment thumbnails (small JPEGs ingest makes from frames it decodes anyway, one per
+segment, for the web page) are one uncompressed ZIP, ``<shard>/<video id>.thumbs.zip``, entry
+``<ordinal>.jpg`` per segment: one file per video, not one per segment (a million videos make
+tens of millions of segments), and a ZIP's central directory lets one JPEG be read by offset.
 
 The root is a local directory (the embedded default, ``<data_dir>/features``) or any fsspec
 URL (``s3://bucket/prefix``, ``memory://`` in tests). Writes are atomic on both: a local file
@@ -26,6 +30,7 @@ import math
 import os
 import re
 import uuid
+import zipfile
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Executor
@@ -47,9 +52,11 @@ __all__ = [
     "FeatureNotFound",
     "FrameFeatureStore",
     "FrameFeatures",
+    "MAX_THUMBNAIL_BYTES",
     "Modality",
     "TimedFeatures",
     "check_modality",
+    "check_thumbnails",
     "span_rows",
 ]
 
@@ -64,6 +71,12 @@ _MODALITY_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _DATASET = "features"
 _SUFFIX = ".h5"
 _TRANSCRIPT_SUFFIX = ".transcript.json"
+_THUMBNAILS_SUFFIX = ".thumbs.zip"
+# A segment thumbnail is a small JPEG (ingest makes them at most 192 px at quality 75, ~2-15
+# KiB); the cap keeps an hour-long video's file, and the page loading it, small.
+MAX_THUMBNAIL_BYTES = 64 * 1024
+# Fixed entry dates: the same thumbnails give the same bytes, whenever they are written.
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 # Videos are spread over 256 sub-directories: object stores list faster and local
 # directories stay small at a million videos.
 _SHARDS = 256
@@ -115,6 +128,25 @@ def check_modality(modality: str) -> Modality:
             f"a modality is a lower-case name of letters, digits and '_' (up to 32), like {VISUAL!r}; got {modality!r}"
         )
     return modality
+
+
+def check_thumbnails(video_id: int | str, jpegs: Sequence[bytes]) -> list[bytes]:
+    """``jpegs`` as a list if they can be one video's segment thumbnails (at least one, each a
+    JPEG of at most :data:`MAX_THUMBNAIL_BYTES`), else ValueError saying which is not."""
+    out = list(jpegs)
+    if not out:
+        raise ValueError(f"thumbnails of video {video_id}: need one JPEG per segment, got none")
+    for ordinal, jpeg in enumerate(out):
+        if not isinstance(jpeg, (bytes, bytearray, memoryview)):
+            raise ValueError(f"thumbnail {ordinal} of video {video_id} is {type(jpeg).__name__}, not JPEG bytes")
+        if len(jpeg) > MAX_THUMBNAIL_BYTES:
+            raise ValueError(
+                f"thumbnail {ordinal} of video {video_id} is {len(jpeg)} bytes; a thumbnail is at most "
+                f"{MAX_THUMBNAIL_BYTES} (make it smaller or lower its JPEG quality)"
+            )
+        if bytes(jpeg[:2]) != b"\xff\xd8":
+            raise ValueError(f"thumbnail {ordinal} of video {video_id} is not a JPEG (no start-of-image marker)")
+    return [bytes(j) for j in out]
 
 
 class FrameFeatureStore:
@@ -184,12 +216,25 @@ class FrameFeatureStore:
         data = json.dumps(transcript.to_dict(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         self._put(self.transcript_path(video_id, transcript.track), data)
 
+    def write_thumbnails(self, video_id: int, jpegs: Sequence[bytes]) -> None:
+        """Store one video's segment thumbnails, ``jpegs[i]`` the JPEG of segment ``i``,
+        replacing all it had (ValueError, nothing written, when one is not a JPEG or is over
+        :data:`MAX_THUMBNAIL_BYTES`)."""
+        checked = check_thumbnails(video_id, jpegs)
+        buf = io.BytesIO()
+        # Stored, not deflated: JPEGs do not compress, and a stored entry is read in one range.
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:
+            for ordinal, jpeg in enumerate(checked):
+                archive.writestr(zipfile.ZipInfo(f"{ordinal}.jpg", date_time=_ZIP_DATE), jpeg)
+        self._put(self.thumbnails_path(video_id), buf.getvalue())
+
     def delete(self, video_id: int, modality: Modality | None = None) -> bool:
         """Remove one video's features and transcript of ``modality``, or of every modality
-        when None (what deleting a video needs); False if there were none."""
+        and its thumbnails when None (what deleting a video needs); False if there were none."""
         if modality is None:
             paths = [self.path(video_id, m) for m in self.modalities(video_id)]
             paths += [self.transcript_path(video_id, t) for t in self.transcript_tracks(video_id)]
+            paths.append(self.thumbnails_path(video_id))
         else:
             paths = [self.path(video_id, modality)]
             if modality != VISUAL:
@@ -243,6 +288,39 @@ class FrameFeatureStore:
                 f"with its {track} track on"
             ) from None
         return Transcript.from_dict(json.loads(data.decode("utf-8")))
+
+    def thumbnails_path(self, video_id: int) -> str:
+        """Where one video's segment thumbnails live: ``<shard>/<id>.thumbs.zip``."""
+        return f"{self._shard(video_id)}/{int(video_id)}{_THUMBNAILS_SUFFIX}"
+
+    def has_thumbnails(self, video_id: int) -> bool:
+        """Whether ingest stored thumbnails for this video (``spr import`` stores none)."""
+        final = self.thumbnails_path(video_id)
+        return os.path.exists(final) if self._local else bool(self._fs.exists(final))
+
+    def delete_thumbnails(self, video_id: int) -> bool:
+        """Remove one video's thumbnails; False if it had none."""
+        return self._remove(self.thumbnails_path(video_id))
+
+    def read_thumbnail(self, video_id: int, ordinal: int) -> bytes:
+        """The JPEG of segment ``ordinal`` of one video; :class:`FeatureNotFound` when the video
+        has no thumbnails or no segment ``ordinal``. Reads the archive's directory and that one
+        entry, not the whole file (ranged reads on an object store)."""
+        final = self.thumbnails_path(video_id)
+        if isinstance(ordinal, bool) or not isinstance(ordinal, (int, np.integer)) or ordinal < 0:
+            raise FeatureNotFound(f"video id {video_id} has no segment {ordinal!r}")
+        try:
+            fh = open(final, "rb") if self._local else self._fs.open(final, "rb")
+        except FileNotFoundError:
+            raise FeatureNotFound(
+                f"no thumbnails for video id {video_id} in {self.url}; re-ingest the video from its file "
+                f"to make them (`spr import` brings features, no pictures)"
+            ) from None
+        with fh, zipfile.ZipFile(fh) as archive:
+            try:
+                return archive.read(f"{int(ordinal)}.jpg")
+            except KeyError:
+                raise FeatureNotFound(f"video id {video_id} has no thumbnail of segment {ordinal}") from None
 
     def transcript_tracks(self, video_id: int) -> list[Modality]:
         """The text tracks one video has a transcript of, sorted."""

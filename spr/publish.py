@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .catalog import CollectionRecord, SegmentCatalog, VideoRecord
-from .features import VISUAL, FrameFeatureStore, Modality, TimedFeatures, check_modality
+from .features import VISUAL, FrameFeatureStore, Modality, TimedFeatures, check_modality, check_thumbnails
 from .segments import segment_bounds
 from .stores import IndexSpec, VectorStore, index_spec_to_dict
 from .text_tracks import TEXT_TRACKS, SegmentText, TrackReport, track_collection
@@ -33,6 +33,10 @@ from .text_tracks import TEXT_TRACKS, SegmentText, TrackReport, track_collection
 class PublishedVideo:
     video: VideoRecord
     segment_ids: np.ndarray  # (n,) int64, ordinal order
+
+    @property
+    def video_id(self) -> int:
+        return self.video.id
 
 
 def publish_video(
@@ -104,7 +108,12 @@ class VideoPayload:
     """Everything one video contributes: its segment ``embeddings`` ``(n, dim)`` (ordinal
     order) for the collection, and the feature rows it keeps in the feature store, by modality
     (``{VISUAL: TimedFeatures((T, D), rate)}`` for video ingest; empty when the stored features
-    stay as they are)."""
+    stay as they are).
+
+    ``thumbnails``: one JPEG per segment (ordinal order), which video ingest makes from the
+    frames it decodes; empty when there are none to give (``spr import``, re-embedding). Empty
+    thumbnails keep the stored ones, unless the payload replaces the visual features: the old
+    pictures then belong to frames that are gone, and are removed (the page shows a placeholder)."""
 
     key: str
     uri: str
@@ -120,14 +129,16 @@ class VideoPayload:
     texts: Mapping[Modality, SegmentText] = field(default_factory=dict)
     tracks: Mapping[Modality, TrackReport] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    thumbnails: Sequence[bytes] = ()
 
     @property
     def nbytes(self) -> int:
-        """Memory the payload holds: its embeddings, feature rows and text tracks."""
+        """Memory the payload holds: its embeddings, feature rows, text tracks and thumbnails."""
         return (
             int(np.asarray(self.embeddings).nbytes)
             + sum(f.nbytes for f in self.features.values())
             + sum(t.nbytes for t in self.texts.values())
+            + sum(len(j) for j in self.thumbnails)
         )
 
 
@@ -147,7 +158,8 @@ def publish_videos(
     ``text_collections`` maps each text track to its collection (``segments__speech``...): a
     video's segment texts of that track replace its old ones in the catalog, their embeddings
     its old vectors there (a video without text in a track keeps none), its transcript goes to
-    the feature store. Same segment ids in every collection.
+    the feature store. Same segment ids in every collection. A video's ``thumbnails`` (one JPEG
+    per segment) replace its stored ones in the feature store.
 
     Every video is registered ``pending`` first and turns ``ready`` only after every collection
     is flushed, so a crash anywhere leaves the whole batch invisible and a re-run repeats it
@@ -160,6 +172,15 @@ def publish_videos(
         if p.features and feature_store is None:
             raise ValueError(f"video {p.key!r} carries {sorted(p.features)} features but no feature store was given")
         bounds = segment_bounds(p.duration_s, segment_length_s)
+        if p.thumbnails:
+            if feature_store is None:
+                raise ValueError(f"video {p.key!r} carries thumbnails but no feature store was given")
+            if len(p.thumbnails) != len(bounds):
+                raise ValueError(
+                    f"video {p.key!r} has {len(bounds)} segments but {len(p.thumbnails)} thumbnails (one per segment)"
+                )
+            # Refused here, before any video of the batch is registered, like a bad embedding.
+            check_thumbnails(p.key, p.thumbnails)
         emb = np.asarray(p.embeddings, dtype=np.float32)
         if emb.ndim != 2 or len(emb) != len(bounds):
             raise ValueError(
@@ -184,6 +205,12 @@ def publish_videos(
         )
         for modality, rows in p.features.items():
             feature_store.write(video.id, rows.values, rows.rate, feature_model, modality=modality)
+        # Before ready, like the features: a crash leaves them behind an invisible row, and the
+        # re-run overwrites them.
+        if p.thumbnails:
+            feature_store.write_thumbnails(video.id, p.thumbnails)
+        elif VISUAL in p.features:
+            feature_store.delete_thumbnails(video.id)
         ids = catalog.replace_segments(video.id, bounds.ordinals, bounds.start_s, bounds.end_s)
         for track in text_collections:
             text = p.texts.get(track)
