@@ -33,6 +33,7 @@ from spr.engine import (
     refine_request,
 )
 from spr.features import FrameFeatureStore
+from spr.ids import split_segment_id
 from spr.metrics import temporal_iou
 from spr.models.refiner import RefinerShape, build_refiner, load_refiner, save_refiner
 from spr.publish import publish_video
@@ -156,8 +157,13 @@ def test_without_refinement_the_planted_event_comes_first_with_its_coarse_score(
     assert (result.refined, result.degraded, result.refinement) == (False, False, None)
     assert best.video_key == PLANTED[0] and best.coarse_rank == 0 and best.score > 0.9
     assert temporal_iou(best.start_s, best.end_s, PLANTED[1], PLANTED[2]) >= 0.5
-    # The coarse moments, annotated with the modality that found them (visual alone here).
-    assert [replace(m, modalities=()) for m in result.moments] == coarse_moments(result.coarse, 3)
+    # The coarse moments, annotated with the modality that found them (visual alone here) and
+    # the ids a client fetches thumbnails with: the segment holding the moment's midpoint.
+    assert [replace(m, modalities=(), video_id=0, segment_id=0) for m in result.moments] == coarse_moments(result.coarse, 3)
+    length = corpus.config.segments.length_s
+    for m in result.moments:
+        video_id, ordinal = split_segment_id(m.segment_id)
+        assert video_id == m.video_id > 0 and ordinal == int((m.start_s + m.end_s) / 2 // length)
     assert all([c.modality for c in m.modalities] == ["visual"] for m in result.moments)
     assert result.timings_ms["refine"] == 0.0
 
