@@ -6,6 +6,15 @@
 Writes ``--videos`` one-hour videos (900 four-second segments each) into a fresh PostgreSQL
 schema (dropped afterwards) and a temporary SQLite file, then times ``--lookups`` lookups of
 200 random ids spread over all videos, as a search does. Prints figures and a Markdown table.
+
+    python bench/bench_catalog.py --filter-videos 20000
+
+times metadata filters instead (issue #14): ``--filter-videos`` videos with a few metadata
+fields each, then filters of 1, 8 and 64 pairs (the limit) and a broad one (2 pairs that half
+the videos hold) answered by the old per-pair JSON
+expression tree (one ``->>`` / ``json_extract`` comparison per pair, a scan of every video) and by
+the catalog's one indexed query (``video_metadata``), side by side on both catalogs; plus the old
+filter at 999 pairs, which SQLite refused ("Expression tree is too large").
 """
 
 from __future__ import annotations
@@ -75,13 +84,80 @@ def bench(name: str, url: str, videos: int, lookups: int) -> dict:
     return result
 
 
+def _old_filter(catalog: SegmentCatalog, metadata: dict[str, str]) -> list[str]:
+    """The filter before issue #14: one JSON comparison per pair, ANDed."""
+    from sqlalchemy import Text, case, cast, func, literal, select
+
+    from spr.catalog.models import videos
+
+    def field(key: str):
+        if catalog.dialect == "postgresql":
+            return videos.c.metadata[key].as_string()
+        path = f'$."{key}"'
+        kind = func.json_type(videos.c.metadata, path)
+        return case(
+            (kind == "true", literal("true")),
+            (kind == "false", literal("false")),
+            else_=cast(func.json_extract(videos.c.metadata, path), Text),
+        )
+
+    stmt = select(videos.c.key).where(videos.c.status == "ready").order_by(videos.c.key)
+    for key, value in metadata.items():
+        stmt = stmt.where(field(key) == value)
+    with catalog.engine.connect() as conn:
+        return [k for (k,) in conn.execute(stmt)]
+
+
+def bench_filter(name: str, url: str, videos: int, repeats: int = 5) -> list[dict]:
+    """Median ms of the old and the new filter for 1, 8 and 64 pairs (and the old one at 999)."""
+    rng = np.random.default_rng(0)
+    out = []
+    with SegmentCatalog.open(url) as catalog:
+        t = time.perf_counter()
+        for v in range(videos):
+            meta = {"show": f"show{v % 200}", "season": int(v % 7), "hd": bool(v % 2), "lang": "en"}
+            meta.update({f"tag{i}": f"t{rng.integers(0, 3)}" for i in range(64)} if v % 100 == 0 else {})
+            catalog.mark_ready(catalog.register_video(f"bench/{v:06d}", f"file:///{v:06d}.mp4", 60.0, metadata=meta).id)
+        fill_s = time.perf_counter() - t
+        print(f"{name}: {videos} videos registered in {fill_s:.1f} s", flush=True)
+        filters = {1: {"show": "show7"}, 8: {"show": "show0", "season": "0", "hd": "false", "lang": "en"}}
+        filters[8].update({f"tag{i}": "t1" for i in range(4)})
+        filters[64] = {f"tag{i}": "t1" for i in range(64)}
+        filters[2] = {"lang": "en", "hd": "true"}  # broad: half of all videos match (the worst case)
+        filters[999] = {f"k{i}": "v" for i in range(999)}
+        for pairs, metadata in filters.items():
+            row = {"backend": name, "pairs": pairs}
+            for label, run in (("old", lambda m=metadata: _old_filter(catalog, m)),
+                               ("new", lambda m=metadata: catalog.video_keys_matching(m))):
+                if label == "new" and pairs > 64:
+                    row[label] = "refused (limit 64)"
+                    continue
+                times, answer = [], None
+                try:
+                    for _ in range(repeats):
+                        t = time.perf_counter()
+                        answer = run()
+                        times.append((time.perf_counter() - t) * 1e3)
+                    row[label] = f"{float(np.median(times)):.2f}"
+                    row[f"{label}_hits"] = len(answer)
+                except Exception as exc:  # the old filter on SQLite at 999 pairs
+                    row[label] = f"error: {' '.join(str(exc.orig if hasattr(exc, 'orig') else exc).split())[:50]}"
+            if "old_hits" in row and "new_hits" in row:
+                assert row["old_hits"] == row["new_hits"], row
+            print(f"  {pairs:>4} pairs: old {row['old']} ms   new {row['new']} ms", flush=True)
+            out.append(row)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--postgres", default="postgresql+psycopg2://postgres@127.0.0.1:5432/test")
     ap.add_argument("--videos", type=int, default=1000, help="one-hour videos to write (900 rows each)")
     ap.add_argument("--lookups", type=int, default=1000)
     ap.add_argument("--no-sqlite", action="store_true")
+    ap.add_argument("--filter-videos", type=int, default=0, help="time metadata filters over this many videos instead")
     args = ap.parse_args()
+    run = bench if not args.filter_videos else (lambda name, url, *_: bench_filter(name, url, args.filter_videos))
     rows = []
     schema = f"spr_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(args.postgres)
@@ -89,14 +165,21 @@ def main() -> None:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     try:
         url = make_url(args.postgres).update_query_dict({"options": f"-csearch_path={schema}"})
-        rows.append(bench("postgresql", url.render_as_string(hide_password=False), args.videos, args.lookups))
+        rows.append(run("postgresql", url.render_as_string(hide_password=False), args.videos, args.lookups))
     finally:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
     if not args.no_sqlite:
         with tempfile.TemporaryDirectory() as tmp:
-            rows.append(bench("sqlite", f"sqlite:///{tmp}/catalog.db", args.videos, args.lookups))
+            rows.append(run("sqlite", f"sqlite:///{tmp}/catalog.db", args.videos, args.lookups))
+    if args.filter_videos:
+        print(f"\n{args.filter_videos} videos; median of 5 filters, ms")
+        print("| catalog | pairs | old: a JSON comparison per pair | new: one indexed query |")
+        print("|---|---:|---:|---:|")
+        for r in (r for group in rows for r in group):
+            print(f"| {r['backend']} | {r['pairs']} | {r['old']} | {r['new']} |")
+        return
     print(f"\n{args.videos} one-hour videos x 900 segments; {args.lookups} lookups of 200 random ids")
     print("| catalog | bulk path | rows | insert rows/s | lookup p50 ms | lookup p99 ms |")
     print("|---|---|---:|---:|---:|---:|")

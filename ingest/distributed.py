@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 # Chunks a decode task may run ahead of the encoder: enough to hide latency, small enough
 # that an hour-long video never sits in the object store whole.
 _DECODE_AHEAD_CHUNKS = 4
+# Times a video is retried on a fresh encoder actor after the one running it crashed (OOM, a
+# segfault in a codec, a killed worker) before it is recorded failed: a crash that follows the
+# video every time is its own, the others were bad luck of being queued on that actor.
+CRASH_RETRIES = 2
 
 
 def start_ray(address: str = "", data_dir: str | os.PathLike[str] = "", num_cpus: int = 0) -> bool:
@@ -207,7 +211,11 @@ class InlineEncoderPool:
 
 
 class RayEncoderPool:
-    """``actors`` encoder actors, each taking up to ``videos_per_actor`` videos at a time."""
+    """``actors`` encoder actors, each taking up to ``videos_per_actor`` videos at a time.
+
+    An actor that crashes is replaced by a fresh one (which loads the model again), and every
+    video that was running or queued on it is submitted again, at most ``crash_retries`` times
+    per video, before it is recorded failed."""
 
     def __init__(
         self,
@@ -222,6 +230,7 @@ class RayEncoderPool:
         speech_actors: int = 1,
         speech_gpus_per_actor: float = 0.5,
         max_audio_s: float | None = None,
+        crash_retries: int = CRASH_RETRIES,
     ) -> None:
         import ray
 
@@ -254,18 +263,30 @@ class RayEncoderPool:
             "num_cpus": cpus_per_actor,
             "num_gpus": gpus_per_actor if use_gpus else 0,
             "max_concurrency": max(1, videos_per_actor),
-            # A crashed actor (OOM, segfault in a codec) comes back; its videos fail alone.
-            "max_restarts": 2,
+            # No restarts by Ray: the pool replaces a crashed actor itself and resubmits the
+            # videos it held (Ray's restart would fail every call queued on the old one).
+            "max_restarts": 0,
         }
         if not use_gpus and settings.device == "auto":
             settings = _replace(settings, device="cpu")
         actor_cls = ray.remote(_EncoderActor)
-        self._actors = [
-            actor_cls.options(**options).remote(settings, decode_cpus, tracks, max_audio_s, names) for _ in range(actors)
-        ]
+        run = uuid.uuid4().hex[:8]
+
+        def new_actor(slot: int, generation: int) -> Any:
+            # Named, so an operator (or a test) can find one: spr-encoder-<run>-<slot>.<generation>.
+            name = f"spr-encoder-{run}-{slot}.{generation}"
+            return actor_cls.options(name=name, **options).remote(settings, decode_cpus, tracks, max_audio_s, names)
+
+        self._new_actor = new_actor
+        self._actors = [new_actor(i, 0) for i in range(actors)]
+        self._generation = [0] * len(self._actors)
         self._per_actor = max(1, videos_per_actor)
-        self._pending: dict[Any, tuple[int, VideoSource]] = {}
+        # ref -> (actor slot, its generation when submitted, the video, its skip hash)
+        self._pending: dict[Any, tuple[int, int, VideoSource, str | None]] = {}
         self._load = [0] * len(self._actors)
+        self._crash_retries = max(0, int(crash_retries))
+        self._retries: dict[str, int] = {}  # video key -> times resubmitted after a crash
+        self.restarts = 0  # actors replaced after a crash
 
     @property
     def capacity(self) -> int:
@@ -279,7 +300,7 @@ class RayEncoderPool:
     def submit(self, source: VideoSource, skip_if_hash: str | None) -> None:
         i = min(range(len(self._actors)), key=self._load.__getitem__)
         ref = self._actors[i].process.remote(source, skip_if_hash)
-        self._pending[ref] = (i, source)
+        self._pending[ref] = (i, self._generation[i], source, skip_if_hash)
         self._load[i] += 1
 
     def in_flight(self) -> int:
@@ -293,13 +314,44 @@ class RayEncoderPool:
         ready, _ = ray.wait(list(self._pending), num_returns=len(self._pending), timeout=timeout_s)
         results = []
         for ref in ready:
-            i, source = self._pending.pop(ref)
+            i, generation, source, skip_if_hash = self._pending.pop(ref)
             self._load[i] -= 1
             try:
                 results.append(ray.get(ref))
-            except Exception as exc:  # the actor died mid-video
-                results.append(FailedVideo(source, f"encoder worker crashed ({type(exc).__name__}: {exc}); re-run to retry"))
+            except ray.exceptions.RayActorError as exc:  # the actor died mid-video or before it
+                if generation == self._generation[i]:
+                    self._replace_actor(i, exc)
+                tries = self._retries.get(source.key, 0)
+                if tries < self._crash_retries:
+                    self._retries[source.key] = tries + 1
+                    log.warning("resubmitting %s after its encoder actor crashed (retry %d of %d)", source.key,
+                                tries + 1, self._crash_retries, extra={"video_key": source.key})
+                    self.submit(source, skip_if_hash)
+                    continue
+                times = "once" if tries == 0 else f"{tries + 1} times"
+                results.append(FailedVideo(
+                    source, f"encoder worker crashed {times} on this video ({type(exc).__name__}: "
+                    f"{_first_line(exc)}); re-run to retry",
+                ))
+            except Exception as exc:  # anything else escaping the actor is this video's
+                results.append(FailedVideo(source, f"encoder failed ({type(exc).__name__}: {_first_line(exc)})"))
         return results
+
+    def _replace_actor(self, i: int, exc: BaseException) -> None:
+        """Put a fresh actor in slot ``i`` (the crashed one is killed for good, in case Ray
+        still holds it); the videos it held are resubmitted by :meth:`wait`."""
+        import ray
+
+        old = self._actors[i]
+        self._generation[i] += 1
+        self.restarts += 1
+        log.warning("encoder actor %d crashed (%s); starting a new one and retrying its videos", i,
+                    _first_line(exc), extra={"actor": i, "restarts": self.restarts})
+        try:
+            ray.kill(old, no_restart=True)
+        except Exception:  # already gone
+            pass
+        self._actors[i] = self._new_actor(i, self._generation[i])
 
     def close(self) -> None:
         import ray
@@ -308,6 +360,12 @@ class RayEncoderPool:
             ray.kill(actor)
         self._actors = []
         self._speech_actors = []
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message without Ray's multi-line context."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _replace(settings: EncoderSettings, **changes: Any) -> EncoderSettings:

@@ -417,6 +417,10 @@ class ImportOptions:
     # Per-segment text embeddings by track ("speech", "subtitles") -> their feature source.
     text_features: Mapping[str, str | os.PathLike[str]] = field(default_factory=dict)
     text_model: str = ""  # what produced them; default "imported:<text source name>"
+    # Return only once the vector index covers every imported row (Milvus builds it in the
+    # background; Faiss trains or retrains IVF here), so an eval right after searches it.
+    wait_for_index: bool = True
+    index_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True)
@@ -448,6 +452,9 @@ class ImportSummary:
     not_in_features: list[str] = field(default_factory=list)
     segments_written: int = 0
     seconds: float = 0.0
+    # Seconds spent waiting for the index; why it is not built yet when the wait gave up.
+    index_wait_s: float = 0.0
+    index_note: str = ""
     # Text tracks, by track: their source, collection and model, the published videos per
     # outcome ("indexed", "empty") and the segments written into the collection.
     tracks: dict[str, "TrackImportSummary"] = field(default_factory=dict)
@@ -471,6 +478,8 @@ class ImportSummary:
             "segments_written": self.segments_written,
             "tracks": {track: t.to_dict() for track, t in self.tracks.items()},
             "seconds": self.seconds,
+            "index_wait_s": self.index_wait_s,
+            "index_note": self.index_note,
         }
 
 
@@ -544,6 +553,8 @@ def import_features(
                 try:
                     run = _ImportRun(config, options, catalog, store, source, summary, rate, progress, t0, texts)
                     run.execute(read_videos(source, table, rate, options.duration_from_features, keys), len(keys))
+                    if options.wait_for_index and summary.segments_written:
+                        _wait_for_index(store, summary, options.index_timeout_s)
                 finally:
                     store.close()
             finally:
@@ -555,6 +566,22 @@ def import_features(
             text.source.close()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _wait_for_index(store: Any, summary: ImportSummary, timeout_s: float) -> None:
+    """Wait until the index of every collection this import wrote covers all its rows; a wait
+    that times out is noted in the summary (``spr index wait`` resumes it), not a failure."""
+    names = [summary.collection, *(t.collection for t in summary.tracks.values())]
+    t0 = time.perf_counter()
+    for name in names:
+        if not store.has_collection(name):
+            continue
+        try:
+            store.wait_until_indexed(name, timeout_s=max(1.0, timeout_s - (time.perf_counter() - t0)))
+        except TimeoutError as exc:
+            summary.index_note = f"{exc}; searches use it once built (`spr index wait --collection {name}`)"
+            break
+    summary.index_wait_s = time.perf_counter() - t0
 
 
 def _check_text_tracks(text_features: Mapping[str, Any]) -> None:
@@ -886,7 +913,7 @@ class _ImportRun:
 
         try:
             device = resolve_device(self.config.clip.device)
-            projectors = load_projectors(self.config.projector.checkpoint, in_dim, device)
+            projectors = load_projectors(self.config.projector.checkpoint, in_dim, device, uses=("segments",))
         except (ValueError, FileNotFoundError, RuntimeError) as exc:
             raise ImportInputError(str(exc)) from None
         return _Embedder(projectors.dim, projectors.identity, projectors)

@@ -4,8 +4,10 @@ per video.
 A video becomes searchable only when all its segments are in the catalog, the vector store
 and the feature store (:func:`spr.publish.publish_videos` marks it ``ready`` last). A re-run
 of the same command resumes: a video whose catalog row is ``ready`` with the same file size
-and mtime, or with the same content hash, is skipped; anything else (new, changed, pending
-after a crash, failed before) is processed again and its ids are upserted, never duplicated.
+and mtime, or with the same content hash, is skipped if the target collection holds that
+version ("done" is per collection); anything else (new, changed, pending after a crash, failed
+before, ready but not in this collection) is processed again and its ids are upserted, never
+duplicated.
 A video that fails is recorded ``failed`` with the reason and the run goes on.
 """
 
@@ -31,6 +33,7 @@ from spr.publish import (
     unpublish_video,
 )
 from spr.stores import index_spec_from_config, open_vector_store
+from spr.stores.base import check_collection_name
 from spr.telemetry import IngestMetrics, serve_metrics
 
 from .encoder import EncodedVideo, EncoderInfo, EncoderSettings, FailedVideo, SkippedVideo
@@ -102,6 +105,10 @@ def run_ingest(
     when ``metrics.enabled``, are served on ``metrics.host``:``metrics.ingest_port`` (0: a free
     port, logged) for the duration of the run."""
     collection = collection or config.vectors.collection
+    try:  # before Ray's start-up: a bad name is a usage error, not a traceback 15 s later
+        check_collection_name(collection)
+    except ValueError as exc:
+        raise IngestError(str(exc)) from None
     settings = EncoderSettings.from_config(config)
     tracks = TrackSettings.from_config(config, speech, subtitles)
     tracks = tracks if tracks.enabled else None
@@ -173,7 +180,7 @@ def run_ingest(
             "collection": collection, "executor": executor, "feature_model": info.feature_model, "force": force,
             "tracks": list(tracks.enabled) if tracks is not None else [],
         }
-        results = _encoded_videos(pool, sources, catalog, force, in_flight, metrics, progress)
+        results = _encoded_videos(pool, sources, catalog, collection, force, in_flight, metrics, progress)
         summary.run_id = writer.run(results, run_config, len(sources))
         summary.wall_s = time.perf_counter() - t_work
         metrics.set_rate(summary.video_seconds_per_s)
@@ -211,6 +218,7 @@ def _encoded_videos(
     pool: Any,
     sources: Sequence[VideoSource],
     catalog: SegmentCatalog,
+    collection: str,
     force: bool,
     in_flight: int,
     metrics: IngestMetrics,
@@ -223,7 +231,7 @@ def _encoded_videos(
     while queue or pool.in_flight():
         while queue and pool.in_flight() < in_flight:
             source = queue.pop()
-            skip_hash = None if force else _skip_hash(catalog, source)
+            skip_hash = None if force else _skip_hash(catalog, source, collection)
             if skip_hash == "unchanged":
                 yield Unchanged(source.key)
                 continue
@@ -248,7 +256,8 @@ def _as_item(result: Any) -> ReaderItem:
             features={result.modality: TimedFeatures(result.features, result.feature_rate)},
             fps=result.source_fps,
             content_hash=result.content_hash,
-            metadata={**source.metadata, "path": source.path, **_fingerprint(source)},
+            metadata=dict(source.metadata),
+            ingest_info={"path": source.path, **_fingerprint(source)},
             texts=dict(outcome.texts) if outcome is not None else {},
             tracks=dict(outcome.reports) if outcome is not None else {},
             warnings=tuple(outcome.warnings) if outcome is not None else (),
@@ -258,22 +267,30 @@ def _as_item(result: Any) -> ReaderItem:
         return Unchanged(result.source.key)
     if isinstance(result, FailedVideo):
         source = result.source
-        metadata = {**source.metadata, "path": source.path}
-        return RejectedVideo(source.key, result.error, source.uri, 0.0, result.content_hash, metadata)
+        return RejectedVideo(
+            source.key, result.error, source.uri, 0.0, result.content_hash, dict(source.metadata),
+            ingest_info={"path": source.path},
+        )
     raise TypeError(f"unexpected encoder result {result!r}")
 
 
-def _skip_hash(catalog: SegmentCatalog, source: VideoSource) -> str | None:
+def _skip_hash(catalog: SegmentCatalog, source: VideoSource, collection: str) -> str | None:
     """``"unchanged"`` when the ready row has this file's size and mtime; else the ready
-    row's content hash (the encoder skips when the file hashes the same), or None."""
+    row's content hash (the encoder skips when the file hashes the same), or None.
+
+    Judged per collection: a video ready in another collection but not held by ``collection``
+    in its current version is not done here (None: process it)."""
     video = catalog.get_video(source.key)
     if video is None or video.status != VideoStatus.READY.value:
+        return None
+    held = catalog.holds(collection, video.id)
+    if held is None or held[0] != video.content_hash:
         return None
     try:
         fingerprint = source.fingerprint()
     except OSError:
         return None
-    if video.uri == source.uri and all(video.metadata.get(k) == v for k, v in fingerprint.items()):
+    if video.uri == source.uri and all(video.ingest_info.get(k) == v for k, v in fingerprint.items()):
         return "unchanged"
     return video.content_hash
 

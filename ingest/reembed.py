@@ -126,11 +126,13 @@ def upsert_into(
     def publish(payloads: Sequence[VideoPayload]) -> None:
         batches: dict[str, _Batch] = {collection: _Batch()}
         text_batches: dict[str, tuple[_Batch, str]] = {}  # track -> (its batch, the encoder)
+        versions = []  # what the new collections hold of each video (spr.publish keeps them consistent)
         for p in payloads:
             video = catalog.get_video(p.key)
             n = segment_count(p.duration_s, segment_length_s)
             if video is None or len(p.embeddings) != n:
                 raise ReembedError(f"video {p.key!r}: {len(p.embeddings)} vectors for {n} catalog segments")
+            versions.append((video.id, video.content_hash, n))
             segment_ids = spr_ids.segment_ids(video.id, n)
             batches[collection].add(segment_ids, p.embeddings, p.key)
             for track, text in p.texts.items():
@@ -146,6 +148,8 @@ def upsert_into(
                 except ValueError as exc:
                     raise ReembedError(f"writing to {name!r} failed: {exc}") from exc
             store.flush(name)
+        for name in batches:
+            catalog.record_holdings(name, versions)
 
     return publish
 

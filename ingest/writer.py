@@ -45,6 +45,7 @@ class RejectedVideo:
     duration_s: float | None = None
     content_hash: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    ingest_info: Mapping[str, Any] = field(default_factory=dict)  # ingest's own fields, not the user's
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,8 @@ class VideoWriter:
             self.flush()
 
     def skip(self, key: str) -> None:
-        self._counts["videos_done"] += 1
+        # Its own counter: ``videos_done`` counts published videos, as the run's summary does.
+        self._counts["videos_skipped"] += 1
         if self.on_skipped is not None:
             self.on_skipped(key)
 
@@ -212,7 +214,8 @@ class VideoWriter:
             safe = duration if duration is not None and duration >= 0 and math.isfinite(duration) else 0.0
             try:
                 row = self.catalog.register_video(
-                    rejected.key, rejected.uri, safe, content_hash=rejected.content_hash, metadata=rejected.metadata
+                    rejected.key, rejected.uri, safe, content_hash=rejected.content_hash, metadata=rejected.metadata,
+                    ingest_info=rejected.ingest_info,
                 )
             except ValueError:  # a key the catalog cannot hold (too long): only the summary says why
                 row = None

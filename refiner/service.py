@@ -15,20 +15,21 @@ server reflection, and the TLS / bearer-token settings of :mod:`spr.grpc_securit
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
+import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
-from spr import grpc_security
+from spr import grpc_errors, grpc_security
 from spr.api.v1 import refiner_pb2, refiner_pb2_grpc
 from spr.features import FrameFeatureStore
-from spr.grpc_server import DrainingServer
+from spr.grpc_server import SERVER_OPTIONS, DrainingServer, enable_reflection
 from spr.limits import MAX_REFINE_PROPOSALS
 from spr.models.refiner import load_refiner
 from spr.refine_client import STATUS_OF_FAILURE, refinement_to_pb, request_from_pb
@@ -52,6 +53,8 @@ SERVICE_NAME = refiner_pb2.DESCRIPTOR.services_by_name["RefinerService"].full_na
 MAX_PROPOSALS = MAX_REFINE_PROPOSALS
 # Read threads per refiner process: one feature file open per distinct video of a call.
 _READ_THREADS = 8
+# The smallest query norm refined (spr.stores.l2_normalize floors norms at 1e-12).
+_MIN_QUERY_NORM = 1e-12
 
 
 class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
@@ -74,12 +77,28 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServiceServicer):
         return response
 
     def _refine(self, request: refiner_pb2.RefineRequest, context: grpc.ServicerContext) -> refiner_pb2.RefineResponse:
+        core = request_from_pb(request)
+        # A query whose float32 norm overflows (every value 3e38) or vanishes would score every
+        # frame 0 or NaN; refused like the search service refuses such an embedding.
+        # (NaN and infinity are the refiner's own refusal.)
+        query = np.asarray(core.query, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            norm = float(np.linalg.norm(query)) if query.size and np.isfinite(query).all() else 1.0
+        if not math.isfinite(norm) or norm < _MIN_QUERY_NORM:
+            grpc_errors.abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"query's L2 norm is {norm:g} in float32; it must be finite and at least {_MIN_QUERY_NORM:g}",
+                reason="INVALID_QUERY",
+                field="query",
+                limit=f"finite float32 norm >= {_MIN_QUERY_NORM:g}",
+            )
         try:
-            refinement = self.refiner.refine(request_from_pb(request), timeout_s=context.time_remaining())
+            refinement = self.refiner.refine(core, timeout_s=context.time_remaining())
         except RefineFailed as exc:
-            context.abort(STATUS_OF_FAILURE[exc.kind], exc.message)
+            grpc_errors.abort(context, STATUS_OF_FAILURE[exc.kind], exc.message, reason=f"REFINE_{exc.kind.upper()}")
         except RefinerLoadError as exc:  # not on this path (the model is loaded at start), but never UNKNOWN
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            grpc_errors.abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc), reason="REFINER_NOT_LOADED")
         return refinement_to_pb(refinement)
 
 
@@ -139,11 +158,13 @@ def serve_refiner(
     grpc_server = grpc.server(
         ThreadPoolExecutor(max_workers=rc.workers, thread_name_prefix="refiner-rpc"),
         interceptors=grpc_security.server_interceptors(config.security),
+        options=SERVER_OPTIONS,  # no SO_REUSEPORT: a taken port fails start-up (PortInUse)
     )
-    refiner_pb2_grpc.add_RefinerServiceServicer_to_server(servicer, grpc_server)
+    # Undecodable request bytes are INVALID_ARGUMENT, not grpcio's INTERNAL (spr.grpc_errors).
+    grpc_errors.add_servicer(refiner_pb2_grpc.add_RefinerServiceServicer_to_server, servicer, grpc_server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
+    enable_reflection(grpc_server, (SERVICE_NAME, health.SERVICE_NAME))
     server = RefinerServer(grpc_server, servicer, health_servicer, read_pool)
     address = f"{config.services.host}:{config.services.refiner_port if port is None else port}"
     try:

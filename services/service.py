@@ -4,13 +4,16 @@ proposals, refine; see there), each stage timed into ``timings_ms``.
 
 A ``SearchRequest`` becomes a :class:`spr.engine.MomentQuery`, the
 :class:`spr.engine.SearchResult` a ``SearchResponse``. The refiner is reached through
-:class:`spr.refine_client.GrpcRefiner` under a deadline of ``refiner.timeout_ms``; a refiner
+:class:`spr.refine_client.GrpcRefiner` under a deadline of ``refiner.timeout_ms`` or the
+client's own less a reply margin, whichever comes first; a refiner
 that is down, fails or is late never fails the search: the coarse proposals come back with
 ``degraded=true`` and the reason.
 
-Bad requests are INVALID_ARGUMENT, an unknown collection NOT_FOUND, a query the service cannot
-answer as set up FAILED_PRECONDITION; anything unexpected is INTERNAL with a short message (the
-traceback goes to the log, never to the client).
+Bad requests are INVALID_ARGUMENT (request bytes that do not parse too), an unknown collection
+NOT_FOUND, a query the service cannot answer as set up FAILED_PRECONDITION; anything unexpected is
+INTERNAL with a short message and an incident id (the traceback goes to the log under it, never to
+the client). Every error carries ``google.rpc`` details (:mod:`spr.grpc_errors`): an ``ErrorInfo``
+(reason; field, limit or incident) and, for a refused field, a ``BadRequest``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from typing import Any, Callable, TypeVar
 import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from spr import grpc_errors
 from spr.api.v1 import search_pb2, search_pb2_grpc
 from spr.config import Config
 from spr.engine import (
@@ -42,7 +45,7 @@ from spr.engine import (
 )
 from spr.grpc_security import add_server_port, server_interceptors
 from spr.features import FrameFeatureStore
-from spr.grpc_server import DrainingServer
+from spr.grpc_server import SERVER_OPTIONS, DrainingServer, enable_reflection
 from spr.media import MediaLibrary, MediaNotFound, MediaRangeError, MediaRequestError, VideoView
 from spr.models.query import QueryEncoder
 from spr.models.text import load_text_encoder
@@ -67,6 +70,12 @@ _STATUS_OF_REFUSAL = {
     MediaRangeError: grpc.StatusCode.OUT_OF_RANGE,
 }
 _REFUSALS = (SearchRefused, MediaRequestError, MediaNotFound, MediaRangeError)
+# ErrorInfo.reason of the media refusals (the engine's refusals carry their own).
+_REASON_OF_MEDIA_REFUSAL = {
+    MediaRequestError: "INVALID_MEDIA_REQUEST",
+    MediaNotFound: "MEDIA_NOT_FOUND",
+    MediaRangeError: "OUT_OF_RANGE",
+}
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -93,7 +102,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     # -- RPCs ---------------------------------------------------------------------------------
 
     def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
-        return _answer(context, "Search", self.search, request, self.metrics.record)
+        # The client's deadline bounds the refiner's wait (the engine keeps a margin to reply).
+        time_left = context.time_remaining()
+        return _answer(context, "Search", lambda r: self.search(r, time_left), request, self.metrics.record)
 
     def CollectionStats(
         self, request: search_pb2.CollectionStatsRequest, context: grpc.ServicerContext
@@ -135,9 +146,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this search service serves no media")
         return self.media
 
-    def search(self, request: search_pb2.SearchRequest) -> search_pb2.SearchResponse:
+    def search(self, request: search_pb2.SearchRequest, timeout_s: float | None = None) -> search_pb2.SearchResponse:
         """One request through the engine (raises :class:`SearchRefused` to refuse it)."""
-        return search_response(self.engine.search(moment_query(request)))
+        return search_response(self.engine.search(moment_query(request), timeout_s=timeout_s))
 
     def collection_stats(self, request: search_pb2.CollectionStatsRequest) -> search_pb2.CollectionStatsResponse:
         stats = self.engine.collection_stats(request.collection)
@@ -245,7 +256,10 @@ def _answer(
         code = _STATUS_OF_REFUSAL.get(type(exc), grpc.StatusCode.INVALID_ARGUMENT)
         if record is not None:
             record(code.name, None)
-        context.abort(code, exc.message if isinstance(exc, SearchRefused) else str(exc))
+        if isinstance(exc, SearchRefused):
+            # google.rpc details: ErrorInfo (reason, field, limit) and BadRequest for the field.
+            grpc_errors.abort(context, code, exc.message, reason=exc.reason, field=exc.field, limit=exc.limit)
+        grpc_errors.abort(context, code, str(exc), reason=_REASON_OF_MEDIA_REFUSAL.get(type(exc), code.name))
     except Exception as exc:
         if record is not None:
             record(grpc.StatusCode.INTERNAL.name, None)
@@ -261,9 +275,12 @@ def _abort_internal(context: grpc.ServicerContext, method: str, exc: BaseExcepti
     """INTERNAL with an incident id; the traceback goes to the log under it, never to the client."""
     incident = uuid.uuid4().hex[:12]
     log.exception("%s failed unexpectedly (incident %s): %s", method, incident, exc, extra={"incident": incident})
-    context.abort(
+    grpc_errors.abort(
+        context,
         grpc.StatusCode.INTERNAL,
         f"internal error in {method} ({type(exc).__name__}); see the search service log, incident {incident}",
+        reason="INTERNAL",
+        metadata={"incident": incident, "method": method},
     )
 
 
@@ -362,11 +379,13 @@ def start_search_server(
     grpc_server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="search"),
         interceptors=server_interceptors(config.security),
+        options=SERVER_OPTIONS,  # no SO_REUSEPORT: a taken port fails start-up (PortInUse)
     )
-    search_pb2_grpc.add_SearchServiceServicer_to_server(servicer, grpc_server)
+    # Undecodable request bytes are INVALID_ARGUMENT, not grpcio's INTERNAL (spr.grpc_errors).
+    grpc_errors.add_servicer(search_pb2_grpc.add_SearchServiceServicer_to_server, servicer, grpc_server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server)
+    enable_reflection(grpc_server, (SERVICE_NAME, health.SERVICE_NAME))
     address = f"{config.services.host}:{config.services.search_port if port is None else port}"
     bound = add_server_port(grpc_server, address, config.security)
     server = SearchServer(grpc_server, servicer, health_servicer)

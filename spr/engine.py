@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from spr.catalog import SegmentCatalog
+from spr.catalog.segment_catalog import InvalidMetadataFilter, check_metadata_filter
 from spr.config import Config, FusionMethod
 from spr.features import SPEECH, SUBTITLES, VISUAL, Modality
 from spr.fusion import Contribution, fuse
@@ -61,6 +62,7 @@ from spr.proposals import GapRule, Proposal, gap_rule_from_config
 from spr.refinement import Moment, RefineCandidate, RefineFailed, Refinement, Refiner, RefineRequest
 from spr.retrieval import CoarseResult, propose_from_hits
 from spr.stores import CollectionNotFound, SearchParams, VectorStore, index_spec_to_dict, l2_normalize
+from spr.stores.base import check_collection_name
 from spr.text_tracks import TEXT_TRACKS, track_collection
 
 if TYPE_CHECKING:
@@ -94,6 +96,10 @@ COLLECTION_CACHE_S = 30.0
 # How often a local store (Faiss) looks for collections an ingest process flushed meanwhile;
 # a check is one small file read per collection, a reload happens only on change.
 STORE_REFRESH_S = 5.0
+# Of a caller's deadline, what the refiner wait leaves for the rest of the answer (snippets,
+# the reply on the wire): at most this, and at most this share of the time the search had.
+REPLY_MARGIN_S = 0.1
+REPLY_MARGIN_SHARE = 0.2
 
 
 # Every modality a search can fuse, in the order responses list them.
@@ -101,30 +107,49 @@ MODALITIES: tuple[Modality, ...] = (VISUAL, *TEXT_TRACKS)
 # Snippets: the text of at most this many segments per moment, cut to this many characters.
 _SNIPPET_SEGMENTS = 8
 _SNIPPET_CHARS = 400
+# The smallest query embedding norm searched: l2_normalize floors norms at 1e-12.
+_MIN_EMBEDDING_NORM = 1e-12
 
 
 # --- errors --------------------------------------------------------------------------------------
 
 
 class SearchRefused(Exception):
-    """A search the engine refuses; ``message`` is for whoever sent it."""
+    """A search the engine refuses; ``message`` is for whoever sent it, ``field`` the request
+    field at fault ("" when none is), ``limit`` the bound it broke in words ("" when none),
+    ``reason`` a stable UPPER_SNAKE code (adapters put the three in structured error details)."""
 
-    def __init__(self, message: str) -> None:
+    reason = "REFUSED"
+
+    def __init__(self, message: str, *, field: str = "", limit: str = "", reason: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.field = field
+        self.limit = limit
+        if reason:
+            self.reason = reason
 
 
 class InvalidSearch(SearchRefused):
     """The query itself is wrong (empty text, NaN, out-of-range ``top_k``, ...)."""
 
+    reason = "INVALID_QUERY"
+
+    def __init__(self, message: str, *, field: str = "", limit: str = "", reason: str = "") -> None:
+        super().__init__(message, field=field, limit=limit, reason=reason or ("LIMIT_EXCEEDED" if limit else ""))
+
 
 class UnknownCollection(SearchRefused):
     """No such collection."""
+
+    reason = "UNKNOWN_COLLECTION"
 
 
 class UnservableSearch(SearchRefused):
     """A valid query this engine cannot answer as set up (no text encoder, a text encoder of
     another size than the collection, a collection in another vector store)."""
+
+    reason = "UNSERVABLE_SEARCH"
 
 
 # --- queries and results -------------------------------------------------------------------------
@@ -260,7 +285,10 @@ class MomentSearch:
     ) -> None:
         pc = config.proposals
         try:
-            self.gap_rule: GapRule = gap_rule_from_config(pc.gap_rule, pc.max_missing_segments, pc.adaptive_alpha)
+            self.gap_rule: GapRule = gap_rule_from_config(
+                pc.gap_rule, pc.max_missing_segments, pc.adaptive_alpha,
+                merge_score_window=pc.merge_score_window, max_length_s=pc.max_length_s,
+            )
         except ValueError as exc:
             raise ValueError(f"proposals.gap_rule: {exc}") from None
         self.config = config
@@ -349,16 +377,22 @@ class MomentSearch:
 
     # -- search ---------------------------------------------------------------------------------
 
-    def search(self, query: MomentQuery) -> SearchResult:
-        """The whole query path for one query (raises :class:`SearchRefused` to refuse it)."""
+    def search(self, query: MomentQuery, timeout_s: float | None = None) -> SearchResult:
+        """The whole query path for one query (raises :class:`SearchRefused` to refuse it).
+
+        ``timeout_s``: the caller's time left (a gRPC client's deadline); the refiner then waits
+        at most until a reply margin before it (:data:`REPLY_MARGIN_S`), so a late refiner
+        degrades the answer instead of the caller's deadline passing. None: no deadline."""
         t_start = time.perf_counter()
+        deadline = _reply_deadline(t_start, timeout_s)
         top_k = _bounded("top_k", query.top_k, DEFAULT_TOP_K, MAX_TOP_K)
         segments_k = _bounded("segments_k", query.segments_k, self.config.proposals.top_k_segments, MAX_SEGMENTS_K)
         params = _search_params(query.nprobe, query.ef)
         _check_query(query)
+        _metadata_filter(query.metadata)
         method = _fusion_method(query.fusion, self.config.fusion.method)
         weights = _weights(query.weights, self.config.fusion)
-        collection = query.collection or self.config.vectors.collection
+        collection = _collection_name(query.collection or self.config.vectors.collection)
         dim = self.collection_dim(collection)
         plan = self._plan(query, collection, weights)
 
@@ -399,7 +433,7 @@ class MomentSearch:
 
         refinement = None
         if encoded is not None:
-            refinement = self._refine(query, encoded, coarse, result)
+            refinement = self._refine(query, encoded, coarse, result, deadline)
         elif query.refine is not False and self.refiner is not None and coarse.padded:
             # The refiner scores frames against the CLIP query: without the visual modality it
             # would re-rank what speech or subtitles found by a modality that was left out.
@@ -600,10 +634,7 @@ class MomentSearch:
         if not query.metadata:
             return keys
         t0 = time.perf_counter()
-        try:
-            matching = self.catalog.video_keys_matching(dict(query.metadata))
-        except ValueError as exc:
-            raise InvalidSearch(str(exc)) from None
+        matching = self.catalog.video_keys_matching(_metadata_filter(query.metadata))
         timings["filter"] = (time.perf_counter() - t0) * 1e3
         if keys is None:
             return matching
@@ -611,10 +642,17 @@ class MomentSearch:
         return [k for k in keys if k in allowed]
 
     def _refine(
-        self, query: MomentQuery, encoded: EncodedQuery, coarse: CoarseResult, result: SearchResult
+        self,
+        query: MomentQuery,
+        encoded: EncodedQuery,
+        coarse: CoarseResult,
+        result: SearchResult,
+        deadline: float | None = None,
     ) -> Refinement | None:
         """The refiner's answer, or None (``result.degraded_reason`` set when it was wanted and
-        did not come)."""
+        did not come). The refiner waits at most until ``deadline`` (``time.perf_counter()``
+        time; None: its own timeout, which also bounds a later deadline); ``timings_ms.refine``
+        is the time spent waiting, also when it failed."""
         if query.refine is False:
             return None
         if self.refiner is None:
@@ -624,18 +662,23 @@ class MomentSearch:
         if not coarse.padded:
             return None  # nothing to refine
         t0 = time.perf_counter()
+        # min(refiner.timeout_ms, the caller's time left - the reply margin)
+        timeout_s = None if deadline is None else min(deadline - t0, self.config.refiner.timeout_ms / 1e3)
+        if timeout_s is not None and timeout_s <= 0:
+            result.degraded_reason = "no time left to refine within the caller's deadline"
+            return None
         try:
-            refinement = self.refiner.refine(refine_request(encoded, coarse))
+            refinement = self.refiner.refine(refine_request(encoded, coarse), timeout_s=timeout_s)
         except RefineFailed as exc:
             result.degraded_reason = exc.message
             return None
-        elapsed_ms = (time.perf_counter() - t0) * 1e3
+        finally:
+            result.timings_ms["refine"] = (time.perf_counter() - t0) * 1e3  # waited, answered or not
         result.refinement = refinement
         if not refinement.moments:
             result.degraded_reason = f"the refiner dropped all {len(coarse.padded)} proposals (no frame features)"
             return None
         result.random_weights = result.random_weights or refinement.random_weights
-        result.timings_ms["refine"] = elapsed_ms
         return refinement
 
     # -- collections ----------------------------------------------------------------------------
@@ -670,6 +713,8 @@ class MomentSearch:
     def collection_stats(self, collection: str = "") -> CorpusStats:
         """Every collection (or only ``collection``; :class:`UnknownCollection` when there is no
         such one), the catalog's videos per status and its segment count."""
+        if collection:
+            _collection_name(collection)
         records = {r.name: r for r in self.catalog.list_collections()}
         names = sorted(set(records) | set(self.store.list_collections()))
         if collection:
@@ -752,8 +797,31 @@ def _bounded(name: str, value: int, default: int, maximum: int) -> int:
     if value == 0:
         return default
     if not 1 <= value <= maximum:
-        raise InvalidSearch(f"{name}={value} is out of range; use 1..{maximum} (0 = default {default})")
+        raise InvalidSearch(
+            f"{name}={value} is out of range; use 1..{maximum} (0 = default {default})", field=name, limit=f"1..{maximum}"
+        )
     return value
+
+
+def _collection_name(name: str) -> str:
+    """``name`` if it is a valid collection name (:func:`spr.stores.base.check_collection_name`,
+    the one rule of the CLI, the services and the stores), else :class:`InvalidSearch`: a
+    100,000-character name must not reach the file system or Milvus."""
+    try:
+        return check_collection_name(name)
+    except ValueError as exc:
+        # The rule's own message repeats the name: not a 100,000-character one.
+        shown = str(exc) if len(name) <= 80 else str(exc).replace(repr(name), f"of {len(name)} characters")
+        raise InvalidSearch(shown, field="collection", limit="1-200 letters, digits, '_' or '-'") from None
+
+
+def _metadata_filter(metadata: Mapping[str, str]) -> dict[str, str]:
+    """The metadata filter as the catalog takes it, or :class:`InvalidSearch` naming the
+    :mod:`spr.limits` bound it broke (checked before any work, so every adapter refuses alike)."""
+    try:
+        return check_metadata_filter(metadata)
+    except InvalidMetadataFilter as exc:
+        raise InvalidSearch(str(exc), field="metadata", limit=exc.limit) from None
 
 
 def _search_params(nprobe: int | None, ef: int | None) -> SearchParams | None:
@@ -782,13 +850,25 @@ def _check_query(query: MomentQuery) -> None:
         if not query.text.strip():
             raise InvalidSearch("query text is empty")
         if len(query.text) > MAX_TEXT_CHARS:
-            raise InvalidSearch(f"query text has {len(query.text)} characters; at most {MAX_TEXT_CHARS} are allowed")
+            raise InvalidSearch(
+                f"query text has {len(query.text)} characters; at most {MAX_TEXT_CHARS} are allowed",
+                field="text", limit=f"{MAX_TEXT_CHARS} characters",
+            )
         return
     values = np.asarray(query.encoded.embedding if query.encoded is not None else query.embedding, dtype=np.float32)
     if not np.isfinite(values).all():
-        raise InvalidSearch("embedding contains NaN or infinity")
+        raise InvalidSearch("embedding contains NaN or infinity", field="embedding")
     if values.size and not np.any(values):
-        raise InvalidSearch("embedding is all zeros")
+        raise InvalidSearch("embedding is all zeros", field="embedding")
+    # Searches normalise in float32: a norm that overflows (every value 3e38) turns every score
+    # into 0, one that underflows (subnormal values) divides by the 1e-12 floor.
+    with np.errstate(over="ignore"):
+        norm = float(np.linalg.norm(values)) if values.size else 1.0
+    if not math.isfinite(norm) or norm < _MIN_EMBEDDING_NORM:
+        raise InvalidSearch(
+            f"embedding's L2 norm is {norm:g} in float32; it must be finite and at least {_MIN_EMBEDDING_NORM:g}",
+            field="embedding", limit=f"finite float32 norm >= {_MIN_EMBEDDING_NORM:g}",
+        )
 
 
 def _fusion_method(requested: str, default: FusionMethod) -> FusionMethod:
@@ -827,6 +907,15 @@ def _shown_segment(moment: Moment, video_id: int, length_s: float) -> int:
 
 def _cut(text: str, max_chars: int) -> str:
     return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
+
+
+def _reply_deadline(t_start: float, timeout_s: float | None) -> float | None:
+    """When (``time.perf_counter()`` time) the refiner must have answered for a search started at
+    ``t_start`` with ``timeout_s`` left to still reply in time (None: no deadline)."""
+    if timeout_s is None or not math.isfinite(timeout_s):
+        return None
+    margin = min(REPLY_MARGIN_S, REPLY_MARGIN_SHARE * max(timeout_s, 0.0))
+    return t_start + timeout_s - margin
 
 
 def _finish(result: SearchResult, t_start: float) -> SearchResult:

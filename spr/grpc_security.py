@@ -4,12 +4,12 @@ clients, driven by :class:`spr.config.SecurityConfig`.
 Everything is off by default: the embedded setup listens on loopback only. Set
 ``security.tls_cert``/``security.tls_key`` to serve TLS, ``security.tls_ca`` for clients to
 verify the server with (empty: the system roots), and ``security.token`` to require
-``authorization: Bearer <token>`` metadata on every call except health checks, which load
-balancers and Kubernetes probes make without credentials.
+``authorization: Bearer <token>`` metadata (the scheme in any case, RFC 7235) on every call
+except health checks, which load balancers and Kubernetes probes make without credentials.
 
 Server side::
 
-    server = grpc.server(pool, interceptors=server_interceptors(config.security))
+    server = grpc.server(pool, interceptors=server_interceptors(config.security), options=SERVER_OPTIONS)
     port = add_server_port(server, f"{host}:{port}", config.security)
 
 Client side::
@@ -20,8 +20,10 @@ Client side::
 
 from __future__ import annotations
 
+import errno
 import hmac
 import logging
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "HEALTH_METHOD_PREFIX",
+    "PortInUse",
     "TokenAuthInterceptor",
     "add_server_port",
     "channel_credentials",
@@ -44,6 +47,18 @@ __all__ = [
 # Probes (Kubernetes, load balancers) check health without credentials.
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]", "::1")
+# RFC 7235: the auth-scheme is case-insensitive ("Bearer", "bearer", "BEARER").
+_BEARER = "bearer"
+
+
+class PortInUse(RuntimeError):
+    """The address a gRPC server was to listen on is taken (by another server, maybe another
+    ``spr serve`` over another data directory): start-up fails rather than share the port."""
+
+    def __init__(self, address: str, port: int) -> None:
+        super().__init__(f"port {port} is in use (cannot listen on {address})")
+        self.address = address
+        self.port = port
 
 
 def _read(path: str, what: str) -> bytes:
@@ -94,9 +109,12 @@ def open_channel(target: str, security: Any, options: Sequence[tuple[str, Any]] 
 
 def add_server_port(server: grpc.Server, address: str, security: Any) -> int:
     """Bind ``address`` (``host:port``; port 0 picks a free one) with TLS when configured and
-    return the bound port. Raises RuntimeError when the address cannot be bound."""
+    return the bound port. Raises :class:`PortInUse` when another process listens there (the
+    server must have been built with :data:`spr.grpc_server.SERVER_OPTIONS`, which turn off
+    grpcio's SO_REUSEPORT; with it, the bind would succeed and the kernel would split new
+    connections between the two servers), RuntimeError when it cannot be bound otherwise."""
     creds = server_credentials(security)
-    host = address.rsplit(":", 1)[0]
+    host, _, port_text = address.rpartition(":")
     if security.token and creds is None and host not in _LOOPBACK_HOSTS:
         log.warning(
             "a bearer token is required but TLS is off on a non-loopback address: the token travels "
@@ -106,10 +124,36 @@ def add_server_port(server: grpc.Server, address: str, security: Any) -> int:
     try:
         port = server.add_secure_port(address, creds) if creds is not None else server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise RuntimeError(f"cannot listen on {address}: {exc}; is the port already in use?") from None
+        _raise_if_in_use(address, host, port_text)
+        raise RuntimeError(f"cannot listen on {address}: {exc}") from None
     if port == 0:
-        raise RuntimeError(f"cannot listen on {address}; is the port already in use?")
+        _raise_if_in_use(address, host, port_text)
+        raise RuntimeError(f"cannot listen on {address}")
     return port
+
+
+def _raise_if_in_use(address: str, host: str, port_text: str) -> None:
+    """Raise :class:`PortInUse` when binding ``host:port`` fails with EADDRINUSE (grpcio's own
+    error does not say why it failed)."""
+    try:
+        port = int(port_text)
+    except ValueError:
+        return
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return
+    for family, kind, proto, _, sockaddr in infos[:1]:
+        with socket.socket(family, kind, proto) as probe:
+            # As grpcio binds: SO_REUSEADDR, so a port in TIME_WAIT does not count as in use.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(address, port) from None
 
 
 def server_interceptors(security: Any) -> list[grpc.ServerInterceptor]:
@@ -126,7 +170,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
     def __init__(self, token: str, exempt_prefixes: Sequence[str] = (HEALTH_METHOD_PREFIX,)) -> None:
         if not token:
             raise ValueError("TokenAuthInterceptor needs a non-empty token")
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
         self._exempt = tuple(exempt_prefixes)
 
     def intercept_service(
@@ -147,7 +191,11 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         for key, value in metadata or ():
             if key == "authorization":
                 given = value if isinstance(value, bytes) else value.encode()
-                return hmac.compare_digest(given, self._expected)
+                # "<scheme> <credentials>": the scheme in any case (RFC 7235), one or more spaces.
+                scheme, _, credentials = given.partition(b" ")
+                if scheme.decode("latin-1").lower() != _BEARER:
+                    return False
+                return hmac.compare_digest(credentials.lstrip(b" "), self._expected)
         return False
 
 

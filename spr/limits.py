@@ -14,6 +14,9 @@ __all__ = [
     "MAX_SEGMENTS_K",
     "MAX_TEXT_CHARS",
     "MAX_TOP_K",
+    "MAX_METADATA_FILTER_ENTRIES",
+    "MAX_METADATA_KEY_CHARS",
+    "MAX_METADATA_VALUE_CHARS",
     "MAX_VIDEO_KEY_LENGTH",
     "QUERY_EMBED_BATCH",
     "REFINE_WAIT_S",
@@ -34,6 +37,15 @@ MAX_SEGMENTS_K = 16384
 # the best-ranked ones, the rest could never make a top_k <= MAX_TOP_K anyway, and the refiner
 # refuses more.
 MAX_REFINE_PROPOSALS = MAX_TOP_K
+
+# A search's metadata filter (``SearchRequest.metadata``, ``spr search --meta``): pairs that must
+# all hold. Unbounded, 10,000 pairs kept a server busy 14 s (SQLite refused 999 with "Expression
+# tree is too large"); a real filter names a handful of fields. The catalog indexes a video's
+# metadata pairs whose key and value fit these sizes (spr.catalog: ``video_metadata``), so a
+# longer stored value can never match a filter: raising them needs a migration refilling it.
+MAX_METADATA_FILTER_ENTRIES = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 256
 
 # --- keys ---------------------------------------------------------------------------------------
 

@@ -45,8 +45,9 @@ __all__ = [
 CHUNK_BYTES = 256 * 1024
 # How long a presigned media URL stays valid: longer than anyone watches one moment.
 PRESIGN_EXPIRES_S = 3600
-# Metadata ingest keeps for itself (where the file was read, its size and mtime for skipping
-# unchanged files): bookkeeping, not the user's metadata, and a server path is nobody's business.
+# What ingest keeps for itself (where the file was read, its size and mtime for skipping
+# unchanged files): in the row's ``ingest_info``, apart from the user's metadata, so it is never
+# shown (a server path is nobody's business) and a user's own ``path`` key is theirs.
 INTERNAL_METADATA = frozenset({"path", "file_size", "file_mtime_ns"})
 # Container suffixes the standard library's table lacks or names differently.
 _CONTENT_TYPES = {
@@ -233,8 +234,8 @@ class MediaLibrary:
 
 
 def _user_metadata(metadata: Mapping[str, Any]) -> dict[str, str]:
-    """The user's metadata as strings, ingest's bookkeeping left out."""
-    return {str(k): v if isinstance(v, str) else str(v) for k, v in metadata.items() if k not in INTERNAL_METADATA}
+    """The user's metadata as strings (ingest's bookkeeping is in ``ingest_info``, not here)."""
+    return {str(k): v if isinstance(v, str) else str(v) for k, v in metadata.items()}
 
 
 def _local_path(uri: str) -> str | None:

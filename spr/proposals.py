@@ -19,6 +19,7 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "AdaptiveGap",
     "AdjacentOnly",
+    "BoundedMerge",
     "ConstantGap",
     "GapRule",
     "Proposal",
@@ -193,6 +194,42 @@ class AdaptiveGap:
         return gap_s <= allowed_s + _TIME_TOLERANCE_S
 
 
+@dataclass(frozen=True)
+class BoundedMerge:
+    """A gap rule plus two bounds that keep a merged proposal a moment, not a whole video.
+
+    ``rule`` decides which runs may join, as without bounds. Then, inside each merged group, a
+    proposal grows from its best-ranked segment and takes a neighbouring segment only while
+
+    * the neighbour's score is at least ``best - score_window * (best hit - worst hit)``: the
+      window is a fraction of the score range of the whole retrieved list, so it means the same
+      for cosine scores, negated L2 distances and fused (RRF) scores; 1.0 (or more) never splits;
+    * and (when ``max_length_s`` > 0) the proposal stays at most ``max_length_s`` seconds long.
+
+    A segment left out starts a proposal of its own (best-ranked first), so every retrieved
+    segment still lies in exactly one proposal. Without bounds, a small or filtered collection
+    where all of a video's segments are retrieved gave one proposal spanning the whole video.
+    """
+
+    rule: GapRule = AdjacentOnly()
+    score_window: float = 1.0
+    max_length_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.score_window >= 0:  # also rejects NaN
+            raise ValueError(f"score_window must be >= 0, got {self.score_window}")
+        if not self.max_length_s >= 0:
+            raise ValueError(f"max_length_s must be >= 0 seconds (0: no cap), got {self.max_length_s}")
+
+    def joins(self, current: Span, following: Span) -> bool:
+        return self.rule.joins(current, following)
+
+    @property
+    def splits(self) -> bool:
+        """Whether the bounds can split anything (a window under 1 or a length cap)."""
+        return self.score_window < 1.0 or self.max_length_s > 0
+
+
 def propose_moments(
     segments: Sequence[RetrievedSegment],
     gap_rule: GapRule = AdjacentOnly(),
@@ -203,6 +240,7 @@ def propose_moments(
     Segments are grouped by video and sorted by ordinal; ordinal-adjacent segments always form
     one run, and consecutive runs join when ``gap_rule`` says so. A proposal spans from the start
     of its first segment to the end of its last (seconds, clipped to ``[0, video_duration_s]``).
+    A :class:`BoundedMerge` rule then splits merged groups by score and length.
     Proposals are sorted by ``best_rank``; ``max_proposals`` keeps only the first ones.
 
     If a segment id occurs more than once, only its best-ranked occurrence is used.
@@ -210,9 +248,22 @@ def propose_moments(
     if max_proposals is not None and max_proposals < 0:
         raise ValueError(f"max_proposals must be >= 0 or None, got {max_proposals}")
 
+    unique = _dedupe_by_id(segments)
+    bounds = gap_rule if isinstance(gap_rule, BoundedMerge) and gap_rule.splits else None
+    score_range = 0.0
+    if bounds is not None and unique:
+        # Best and worst by rank, not by value: ranks are what the ANN (or fusion) ordered by.
+        best = min(unique, key=lambda s: s.rank)
+        worst = max(unique, key=lambda s: s.rank)
+        score_range = max(0.0, best.score - worst.score)
     proposals: list[Proposal] = []
-    for video_segments in _group_by_video(_dedupe_by_id(segments)):
-        proposals.extend(_propose_in_video(video_segments, gap_rule))
+    for video_segments in _group_by_video(unique):
+        merged = _propose_in_video(video_segments, gap_rule)
+        if bounds is None:
+            proposals.extend(merged)
+        else:
+            for proposal in merged:
+                proposals.extend(_split(proposal, video_segments, bounds, score_range))
 
     # Ranks are unique in a well-formed ANN result; the rest of the key only makes the order
     # deterministic if a caller passes duplicated ranks.
@@ -337,13 +388,66 @@ def _to_proposal(members: Sequence[RetrievedSegment], span: Span) -> Proposal:
     )
 
 
-def gap_rule_from_config(gap_rule: str, max_missing_segments: int = 1, adaptive_alpha: float = 0.5) -> GapRule:
-    """The rule named in ``[proposals]``: ``adjacent`` (SPR), ``constant`` or ``adaptive``."""
+def _split(
+    proposal: Proposal,
+    video_segments: Sequence[RetrievedSegment],
+    bounds: BoundedMerge,
+    score_range: float,
+) -> list[Proposal]:
+    """``proposal`` cut into pieces that each grow from their best-ranked segment (see
+    :class:`BoundedMerge`); one pass per seed, each member is taken once: O(n log n)."""
+    if len(proposal.segment_ids) == 1:
+        return [proposal]
+    wanted = set(proposal.segment_ids)
+    members = [s for s in video_segments if s.segment_id in wanted]  # time order
+    window = bounds.score_window * score_range
+    cap = bounds.max_length_s
+    taken = [False] * len(members)
+    pieces: list[tuple[int, int]] = []
+    for seed in sorted(range(len(members)), key=lambda i: (members[i].rank, i)):
+        if taken[seed]:
+            continue
+        taken[seed] = True
+        floor = members[seed].score - window
+        lo = hi = seed
+        while True:
+            options = []
+            for j, (new_lo, new_hi) in ((lo - 1, (lo - 1, hi)), (hi + 1, (lo, hi + 1))):
+                if not 0 <= j < len(members) or taken[j] or members[j].score < floor:
+                    continue
+                if cap > 0 and members[new_hi].end_s - members[new_lo].start_s > cap + _TIME_TOLERANCE_S:
+                    continue
+                options.append((-members[j].score, j, (new_lo, new_hi)))
+            if not options:
+                break
+            _, j, (lo, hi) = min(options)  # the better-scoring neighbour first
+            taken[j] = True
+        pieces.append((lo, hi))
+    if len(pieces) == 1:
+        return [proposal]
+    pieces.sort()
+    return [_to_proposal(members[lo : hi + 1], _span(members[lo : hi + 1])) for lo, hi in pieces]
+
+
+def gap_rule_from_config(
+    gap_rule: str,
+    max_missing_segments: int = 1,
+    adaptive_alpha: float = 0.5,
+    *,
+    merge_score_window: float = 1.0,
+    max_length_s: float = 0.0,
+) -> GapRule:
+    """The rule named in ``[proposals]``: ``adjacent`` (SPR), ``constant`` or ``adaptive``;
+    wrapped in :class:`BoundedMerge` when ``merge_score_window`` < 1 or ``max_length_s`` > 0."""
     name = gap_rule.strip().lower()
+    rule: GapRule
     if name == "adjacent":
-        return AdjacentOnly()
-    if name == "constant":
-        return ConstantGap(max_missing_segments)
-    if name == "adaptive":
-        return AdaptiveGap(adaptive_alpha)
-    raise ValueError(f"unknown gap rule {gap_rule!r}; choose 'adjacent', 'constant' or 'adaptive'")
+        rule = AdjacentOnly()
+    elif name == "constant":
+        rule = ConstantGap(max_missing_segments)
+    elif name == "adaptive":
+        rule = AdaptiveGap(adaptive_alpha)
+    else:
+        raise ValueError(f"unknown gap rule {gap_rule!r}; choose 'adjacent', 'constant' or 'adaptive'")
+    bounded = BoundedMerge(rule, merge_score_window, max_length_s)
+    return bounded if bounded.splits else rule

@@ -16,6 +16,7 @@ store holds it with that shape, or the writer is refused before anything is writ
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ from .features import VISUAL, FrameFeatureStore, Modality, TimedFeatures, check_
 from .segments import segment_bounds
 from .stores import IndexSpec, VectorStore, index_spec_to_dict
 from .text_tracks import TEXT_TRACKS, SegmentText, TrackReport, track_collection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def publish_video(
     feature_rate: float = 1.0,
     feature_model: str = "",
     features: Mapping[Modality, TimedFeatures] | None = None,
+    ingest_info: Mapping[str, Any] | None = None,
 ) -> PublishedVideo:
     """Write one video's segment embeddings ``(n, dim)`` (one per ``segment_length_s``
     segment, ordinal order) to the catalog and ``collection``, then make it visible.
@@ -63,6 +67,7 @@ def publish_video(
     With ``feature_store``, its ``features`` by modality (each ``(T, D)`` rows at a rate) are
     written first, under the same video id, for the refiner; ``frame_features`` ``(T, D)`` at
     ``feature_rate`` is short for ``features={VISUAL: TimedFeatures(frame_features, feature_rate)}``.
+    ``metadata`` is the user's; ``ingest_info`` ingest's own (file path, size, mtime), kept apart.
 
     Replaces whatever the video had before. On any error the video stays invisible
     (``pending``) and the error propagates; the caller records it with ``mark_failed``.
@@ -74,7 +79,8 @@ def publish_video(
         by_modality[VISUAL] = TimedFeatures(frame_features, feature_rate)
     if (feature_store is None) != (not by_modality):
         raise ValueError("pass feature_store and the features (frame_features or features) together")
-    payload = VideoPayload(key, uri, duration_s, embeddings, by_modality, fps, content_hash, metadata)
+    payload = VideoPayload(key, uri, duration_s, embeddings, by_modality, fps, content_hash, metadata,
+                           ingest_info=ingest_info)
     return publish_videos(catalog, store, collection, [payload], segment_length_s, feature_store, feature_model)[0]
 
 
@@ -130,6 +136,8 @@ class VideoPayload:
     tracks: Mapping[Modality, TrackReport] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     thumbnails: Sequence[bytes] = ()
+    # Ingest's own bookkeeping (the file read, its size and mtime), kept apart from ``metadata``.
+    ingest_info: Mapping[str, Any] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -163,7 +171,13 @@ def publish_videos(
 
     Every video is registered ``pending`` first and turns ``ready`` only after every collection
     is flushed, so a crash anywhere leaves the whole batch invisible and a re-run repeats it
-    idempotently."""
+    idempotently.
+
+    Collections stay consistent with each other: the catalog records which version (content
+    hash, segment count) of each video every collection holds. A video published in another
+    version than some other collection holds loses its vectors there (the same segment ids
+    would otherwise point at the new video's spans), before it turns ready again; a re-run of
+    that collection's ingest then finds it not done and re-processes it."""
     text_collections = dict(text_collections or {})
     checked = []
     for p in payloads:
@@ -201,7 +215,8 @@ def publish_videos(
     written: list[tuple[VideoRecord, np.ndarray]] = []
     for p, bounds, _ in checked:
         video = catalog.register_video(
-            p.key, p.uri, p.duration_s, fps=p.fps, content_hash=p.content_hash, metadata=p.metadata
+            p.key, p.uri, p.duration_s, fps=p.fps, content_hash=p.content_hash, metadata=p.metadata,
+            ingest_info=p.ingest_info,
         )
         for modality, rows in p.features.items():
             feature_store.write(video.id, rows.values, rows.rate, feature_model, modality=modality)
@@ -235,11 +250,49 @@ def publish_videos(
     store.flush(collection)
     for name in text_collections.values():
         store.flush(name)
+    versions = [(video.id, p.content_hash, len(ids)) for (p, _, _), (video, ids) in zip(checked, written)]
+    _invalidate_other_versions(catalog, store, {collection, *text_collections.values()}, versions, keys)
+    for name in (collection, *text_collections.values()):
+        catalog.record_holdings(name, versions)
     published = []
     for video, ids in written:
         catalog.mark_ready(video.id)
         published.append(PublishedVideo(catalog.get_video_by_id(video.id) or video, ids))
     return published
+
+
+def _invalidate_other_versions(
+    catalog: SegmentCatalog,
+    store: VectorStore,
+    written: set[str],
+    versions: Sequence[tuple[int, str | None, int]],
+    keys: Sequence[str],
+) -> None:
+    """Remove the batch's videos from every collection besides ``written`` that holds another
+    version of them (content hash or segment count differs), and forget that it held them.
+    ``versions``: ``(video_id, content_hash, segments)`` per video, in ``keys`` order. Runs
+    while the videos are still ``pending``: a crash before the end leaves the record in place,
+    so the re-run removes them again."""
+    key_of = {video_id: key for (video_id, _, _), key in zip(versions, keys)}
+    new = {video_id: (digest, n) for video_id, digest, n in versions}
+    stale: dict[str, list[int]] = {}
+    for video_id, held in catalog.holdings(list(new)).items():
+        for name, version in held.items():
+            if name not in written and version != new[video_id]:
+                stale.setdefault(name, []).append(video_id)
+    for name, video_ids in sorted(stale.items()):
+        record = catalog.get_collection(name)
+        if record is not None and store.holds(record):
+            if store.has_collection(name):
+                store.delete_videos(name, [key_of[v] for v in video_ids])
+                store.flush(name)
+        else:
+            log.warning(
+                "collection %s (%s store) holds an older version of %d changed video(s) that this %s store "
+                "cannot remove; re-ingest them there", name, record.backend if record else "?", len(video_ids),
+                store.backend, extra={"collection": name, "videos": [key_of[v] for v in video_ids][:20]},
+            )
+        catalog.drop_holdings(name, video_ids)
 
 
 def _publish_track(

@@ -118,8 +118,10 @@ def run_smoke(config: Config, videos: int = 20, events: int = 5, seed: int = 0, 
             )
             segments += len(published.segment_ids)
         publish_s = time.perf_counter() - t0
+        pc = config.proposals
         gap_rule = gap_rule_from_config(
-            config.proposals.gap_rule, config.proposals.max_missing_segments, config.proposals.adaptive_alpha
+            pc.gap_rule, pc.max_missing_segments, pc.adaptive_alpha,
+            merge_score_window=pc.merge_score_window, max_length_s=pc.max_length_s,
         )
         queries = []
         for event in planted:

@@ -508,7 +508,7 @@ def test_a_failed_ingest_run_keeps_its_error(catalog: SegmentCatalog) -> None:
 def test_ingest_run_misuse_is_rejected(catalog: SegmentCatalog) -> None:
     run_id = catalog.start_run({})
     with pytest.raises(ValueError, match="unknown ingest-run counter"):
-        catalog.update_run(run_id, videos_skipped=1)
+        catalog.update_run(run_id, videos_lost=1)
     with pytest.raises(ValueError):
         catalog.finish_run(run_id, status="running")
     with pytest.raises(RunNotFound):

@@ -183,7 +183,9 @@ def test_a_dead_refiner_degrades_to_the_coarse_moments(corpus: Corpus):
     assert (result.refined, result.degraded) == (False, True)
     assert target in result.degraded_reason and "unavailable" in result.degraded_reason
     assert spans(result.moments) == coarse_answer(corpus)
-    assert result.timings_ms["refine"] == 0.0 and result.refinement is None
+    assert result.refinement is None
+    # The time spent trying is reported (a dead port answers at once, well inside the timeout).
+    assert 0.0 <= result.timings_ms["refine"] < 5_000
 
 
 def test_a_late_refiner_degrades_in_process_as_over_grpc(corpus: Corpus, refiner_target: str):

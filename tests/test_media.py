@@ -80,7 +80,7 @@ def corpus(tmp_path_factory) -> Iterator[MediaCorpus]:
         segments = l2_normalize(feats.reshape(-1, 4, DIM).mean(1))
         published = publish_video(
             catalog, store, COLLECTION, key, path.resolve().as_uri(), duration, segments,
-            metadata={"show": "show", "season": 2, "path": str(path), "file_size": FILE_BYTES},
+            metadata={"show": "show", "season": 2}, ingest_info={"path": str(path), "file_size": FILE_BYTES},
             feature_store=features, frame_features=feats,
         )
         if n == 0:  # only the first has thumbnails; the second is like an imported video

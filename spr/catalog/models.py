@@ -1,11 +1,13 @@
 """The catalog schema as SQLAlchemy 2.x declarative models.
 
-Five tables: ``videos`` (one row per external video key, with its visibility status and
-the outcome of each text track), ``segments`` (one row per fixed-length segment, keyed by
+Seven tables: ``videos`` (one row per external video key, with its visibility status and
+the outcome of each text track), ``video_metadata`` (its user metadata pairs, indexed for
+filters), ``segments`` (one row per fixed-length segment, keyed by
 the shared id of :mod:`spr.ids`), ``segment_texts`` (what is said or written during a
 segment, one row per segment and text track), ``collections`` (what each vector-store
-collection holds) and ``ingest_runs`` (progress of batch ingests). Times are seconds
-(float); timestamps are timezone-aware.
+collection holds), ``collection_videos`` (which version of each video a collection holds)
+and ``ingest_runs`` (progress of batch ingests). Times are seconds (float); timestamps are
+timezone-aware.
 
 The Alembic migrations under ``migrations/versions`` create exactly this schema; a test
 compares the two, so a change here needs a new migration.
@@ -24,6 +26,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -69,6 +72,7 @@ class RunStatus(enum.StrEnum):
     RUNNING = "running"
     FINISHED = "finished"
     FAILED = "failed"
+    ABANDONED = "abandoned"  # its process is gone (killed); a later run found it so
 
 
 def _in(values: type[enum.StrEnum]) -> str:
@@ -95,6 +99,9 @@ class Video(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     # ``metadata`` is taken by the declarative base, hence the attribute name.
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONDocument, default=dict)
+    # Ingest's own fields (``path``, ``file_size``, ``file_mtime_ns``: where it read the file,
+    # to skip it unchanged), apart from the user's metadata: never overwriting it, never filtered on.
+    ingest_info: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict, server_default=EMPTY_JSON_OBJECT)
     # Per text track (speech, subtitles): {"status": a spr.text_tracks.TrackStatus value,
     # "source", "error", "cues", "segments", ...}, as spr.text_tracks.TrackReport.to_dict gives.
     tracks: Mapped[dict[str, Any]] = mapped_column(JSONDocument, default=dict, server_default=EMPTY_JSON_OBJECT)
@@ -104,6 +111,25 @@ class Video(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=text("CURRENT_TIMESTAMP"), onupdate=func.now()
     )
+
+
+class VideoMetadataEntry(Base):
+    """One ``key: value`` pair of a video's user metadata as text (what a metadata filter
+    compares: a string itself, a number or boolean its JSON spelling), kept beside
+    ``videos.metadata`` by :meth:`spr.catalog.SegmentCatalog.register_video` so that a filter
+    of any number of pairs is one indexed query. Only pairs that a filter could name are here:
+    null values and keys or values longer than :data:`spr.limits.MAX_METADATA_KEY_CHARS` /
+    :data:`~spr.limits.MAX_METADATA_VALUE_CHARS` are left out."""
+
+    __tablename__ = "video_metadata"
+    # (key, value) first: a filter looks pairs up; video_id last makes the index cover it.
+    __table_args__ = (Index("ix_video_metadata_key_value_video_id", "key", "value", "video_id"),)
+
+    video_id: Mapped[int] = mapped_column(
+        Int64, ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    value: Mapped[str] = mapped_column(String(256))
 
 
 class Segment(Base):
@@ -154,6 +180,23 @@ class Collection(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=text("CURRENT_TIMESTAMP"))
 
 
+class CollectionVideo(Base):
+    """Which version of a video a collection holds: its content hash and segment count when
+    the collection's vectors of it were written. "Already done" is judged per collection, and
+    a video that changes loses its vectors in every collection holding another version."""
+
+    __tablename__ = "collection_videos"
+
+    collection_id: Mapped[int] = mapped_column(
+        Int64, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    video_id: Mapped[int] = mapped_column(
+        Int64, ForeignKey("videos.id", ondelete="CASCADE"), primary_key=True, autoincrement=False, index=True
+    )
+    content_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    segments: Mapped[int] = mapped_column(Integer)
+
+
 class IngestRun(Base):
     """One batch ingest: its configuration and progress counters."""
 
@@ -170,10 +213,16 @@ class IngestRun(Base):
     videos_failed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     segments_written: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The process running it: a later run on the same host marks it abandoned once it is gone.
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    videos_skipped: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 videos = Video.__table__
 segments = Segment.__table__
 segment_texts = SegmentTrackText.__table__
 collections = Collection.__table__
+collection_videos = CollectionVideo.__table__
+video_metadata = VideoMetadataEntry.__table__
 ingest_runs = IngestRun.__table__

@@ -26,6 +26,8 @@ class VideoRecord:
     tracks: dict[str, dict[str, Any]] = field(default_factory=dict)
     # What ingest wants people to see about this video (broken subtitles, failed ASR).
     warnings: list[str] = field(default_factory=list)
+    # Ingest's own fields (path, file_size, file_mtime_ns), apart from the user's ``metadata``.
+    ingest_info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class IngestRunRecord:
     videos_failed: int
     segments_written: int
     error: str | None
+    videos_skipped: int = 0  # unchanged videos; ``videos_done`` counts published ones only
+    pid: int | None = None  # the process that runs (ran) it, on ``host``
+    host: str | None = None
 
 
 def aware(ts: datetime | None) -> datetime | None:
@@ -91,6 +96,7 @@ def video_record(row: Mapping[str, Any]) -> VideoRecord:
         updated_at=aware(row["updated_at"]),
         tracks={track: dict(report) for track, report in (row["tracks"] or {}).items()},
         warnings=[str(w) for w in row["warnings"] or ()],
+        ingest_info=dict(row["ingest_info"] or {}),
     )
 
 
@@ -119,4 +125,7 @@ def ingest_run_record(row: Mapping[str, Any]) -> IngestRunRecord:
         videos_failed=row["videos_failed"],
         segments_written=row["segments_written"],
         error=row["error"],
+        videos_skipped=row["videos_skipped"],
+        pid=row["pid"],
+        host=row["host"],
     )

@@ -9,6 +9,9 @@ filters on that.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -16,15 +19,11 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     Select,
-    Text,
     any_,
     bindparam,
-    case,
-    cast,
     delete,
     func,
     insert,
-    literal,
     select,
     text,
     update,
@@ -41,7 +40,16 @@ from .bulk import BulkMethod, bulk_insert_method, insert_segment_rows, insert_se
 from .engine import check_connection, create_catalog_engine, masked_url
 from .errors import CatalogError, RunNotFound, VideoNotFound
 from .migrate import upgrade
-from .models import RunStatus, VideoStatus, collections, ingest_runs, segments, videos
+from .models import (
+    RunStatus,
+    VideoStatus,
+    collection_videos,
+    collections,
+    ingest_runs,
+    segments,
+    video_metadata,
+    videos,
+)
 from .models import segment_texts as texts_table
 from .records import (
     CollectionRecord,
@@ -57,7 +65,7 @@ if TYPE_CHECKING:
     from ..config import Config
 
 SUPPORTED_DIALECTS = ("postgresql", "sqlite")
-RUN_COUNTERS = ("videos_total", "videos_done", "videos_failed", "segments_written")
+RUN_COUNTERS = ("videos_total", "videos_done", "videos_skipped", "videos_failed", "segments_written")
 # SQLite caps bound parameters per statement (32766); larger id lists go in chunks.
 _SQLITE_IN_CHUNK = 10_000
 _VIDEO_KEY_MAX = spr_limits.MAX_VIDEO_KEY_LENGTH
@@ -66,6 +74,9 @@ _VIDEO_KEY_MAX = spr_limits.MAX_VIDEO_KEY_LENGTH
 MAX_WARNINGS = 100
 MAX_WARNING_CHARS = 1_000
 _TRACK_STATUSES = frozenset(s.value for s in TrackStatus)
+# A metadata filter starts from its rarest pair; counting a pair's videos stops here (past it,
+# any such pair is as good a start as another).
+_PAIR_COUNT_CAP = 10_000
 
 
 class SegmentCatalog:
@@ -148,10 +159,15 @@ class SegmentCatalog:
         fps: float | None = None,
         content_hash: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        ingest_info: Mapping[str, Any] | None = None,
     ) -> VideoRecord:
         """Insert video ``key`` as ``pending``; an existing key keeps its id and gets every
         field replaced, status back to ``pending`` and error cleared (a re-ingest). Its
-        ``tracks`` and ``warnings`` stay until :meth:`set_tracks` replaces them."""
+        ``tracks`` and ``warnings`` stay until :meth:`set_tracks` replaces them.
+
+        ``metadata`` is the user's (what filters match); ``ingest_info`` is ingest's own
+        bookkeeping (the file it read, its size and mtime), kept apart so neither overwrites
+        the other and filters never see it."""
         if not key or len(key) > _VIDEO_KEY_MAX:
             raise ValueError(f"video key must be 1..{_VIDEO_KEY_MAX} characters, got {len(key)}")
         values = {
@@ -163,6 +179,7 @@ class SegmentCatalog:
             "status": VideoStatus.PENDING.value,
             "error": None,
             "metadata": dict(metadata or {}),
+            "ingest_info": dict(ingest_info or {}),
         }
         changed = {k: v for k, v in values.items() if k != "key"}
         # One atomic statement (both dialects speak ON CONFLICT): two ingests of one key
@@ -173,6 +190,9 @@ class SegmentCatalog:
         )
         with self._engine.begin() as conn:
             row = conn.execute(stmt.returning(*videos.c)).mappings().one()
+            # The filterable pairs follow the metadata in the same transaction.
+            conn.execute(delete(video_metadata).where(video_metadata.c.video_id == row["id"]))
+            conn.execute(_fill_video_metadata(self.dialect), {"video_id": row["id"]})
         return video_record(row)
 
     def get_video(self, key: str) -> VideoRecord | None:
@@ -211,8 +231,23 @@ class SegmentCatalog:
             # ON DELETE CASCADE does this too; saying it keeps purge correct on a SQLite
             # file opened elsewhere without PRAGMA foreign_keys.
             conn.execute(_delete_texts(int(video_id)))
+            conn.execute(delete(collection_videos).where(collection_videos.c.video_id == int(video_id)))
+            conn.execute(delete(video_metadata).where(video_metadata.c.video_id == int(video_id)))
             conn.execute(delete(segments).where(segments.c.video_id == int(video_id)))
             return conn.execute(delete(videos).where(videos.c.id == int(video_id))).rowcount > 0
+
+    def segment_counts_by_status(self) -> dict[str, int]:
+        """``{video status: segment rows of videos in it}``, every status present: only the
+        ``ready`` ones are searchable (``spr status`` shows pending ones apart)."""
+        counts = {s.value: 0 for s in VideoStatus}
+        stmt = (
+            select(videos.c.status, func.count())
+            .select_from(segments.join(videos, segments.c.video_id == videos.c.id))
+            .group_by(videos.c.status)
+        )
+        with self._engine.connect() as conn:
+            counts.update({status: int(n) for status, n in conn.execute(stmt)})
+        return counts
 
     def count_by_status(self) -> dict[str, int]:
         """``{status: number of videos}`` with every status present, zeros included."""
@@ -227,17 +262,24 @@ class SegmentCatalog:
         ``ready_only`` only ``ready`` videos. An empty ``metadata`` matches every video.
 
         Values compare as text: a stored string must equal the value, a stored number or
-        boolean matches its JSON spelling (``3``, ``2.5``, ``true``) on both dialects. Keys
-        must be non-empty and free of double quotes (they become JSON paths)."""
-        stmt = select(videos.c.key).order_by(videos.c.key)
-        for key, value in metadata.items():
-            if not key or '"' in key:
-                raise ValueError(f"metadata keys must be non-empty and contain no double quote, got {key!r}")
-            stmt = stmt.where(_metadata_text(self.dialect, key) == str(value))
-        if ready_only:
-            stmt = stmt.where(videos.c.status == VideoStatus.READY.value)
+        boolean matches its JSON spelling (``3``, ``2.5``, ``true``) on both dialects. A filter
+        of any size within :func:`check_metadata_filter`'s limits (else
+        :class:`InvalidMetadataFilter`) is one query with the same SQL text: its pairs are one
+        parameter, looked up in ``video_metadata``'s (key, value) index."""
+        pairs = check_metadata_filter(metadata)
+        if not pairs:
+            stmt = select(videos.c.key).order_by(videos.c.key)
+            if ready_only:
+                stmt = stmt.where(videos.c.status == VideoStatus.READY.value)
+            with self._reader.connect() as conn:
+                return [key for (key,) in conn.execute(stmt)]
+        if self.dialect == "postgresql":
+            params: dict[str, Any] = {"keys": list(pairs), "values": list(pairs.values())}
+        else:
+            params = {"pairs": json.dumps(pairs)}
+        params["n"] = len(pairs)
         with self._reader.connect() as conn:
-            return [key for (key,) in conn.execute(stmt)]
+            return [key for (key,) in conn.execute(_metadata_match(self.dialect, ready_only), params)]
 
     def set_tracks(self, video_id: int, tracks: Mapping[str, Mapping[str, Any]], warnings: Sequence[str]) -> None:
         """Replace the video's text-track outcomes and its warnings. ``tracks`` maps a track
@@ -520,20 +562,127 @@ class SegmentCatalog:
     def drop_collection(self, name: str) -> bool:
         """Forget collection ``name`` (the vector store's copy is the caller's to drop)."""
         with self._engine.begin() as conn:
+            # What it held goes with it (the cascade does this too, where foreign keys are on).
+            held = select(collections.c.id).where(collections.c.name == name).scalar_subquery()
+            conn.execute(delete(collection_videos).where(collection_videos.c.collection_id == held))
             return conn.execute(delete(collections).where(collections.c.name == name)).rowcount > 0
+
+    # --- which version of each video a collection holds -------------------------------------
+
+    def record_holdings(self, collection: str, held: Sequence[tuple[int, str | None, int]]) -> None:
+        """Record that ``collection`` now holds these versions of these videos:
+        ``(video_id, content_hash, segments)`` each, replacing what it held of them."""
+        record = self.get_collection(collection)
+        if record is None:  # a collection only the vector store knows: nothing to keep track of
+            return
+        rows = [
+            {"collection_id": record.id, "video_id": int(v), "content_hash": h, "segments": int(n)} for v, h, n in held
+        ]
+        if not rows:
+            return
+        ins = (postgresql.insert if self.dialect == "postgresql" else sqlite.insert)(collection_videos)
+        stmt = ins.on_conflict_do_update(
+            index_elements=[collection_videos.c.collection_id, collection_videos.c.video_id],
+            set_={"content_hash": ins.excluded.content_hash, "segments": ins.excluded.segments},
+        )
+        with self._engine.begin() as conn:
+            conn.execute(stmt, rows)
+
+    def holdings(self, video_ids: Sequence[int]) -> dict[int, dict[str, tuple[str | None, int]]]:
+        """``{video_id: {collection name: (content_hash, segments)}}``: the version of each
+        video every collection holds; a video no collection holds is absent."""
+        wanted = sorted({int(v) for v in video_ids})
+        if not wanted:
+            return {}
+        stmt = (
+            select(collection_videos.c.video_id, collections.c.name, collection_videos.c.content_hash,
+                   collection_videos.c.segments)
+            .select_from(collection_videos.join(collections, collection_videos.c.collection_id == collections.c.id))
+            .where(collection_videos.c.video_id.in_(bindparam("ids", expanding=True)))
+        )
+        found: dict[int, dict[str, tuple[str | None, int]]] = {}
+        with self._engine.connect() as conn:
+            for lo in range(0, len(wanted), _SQLITE_IN_CHUNK):
+                for video_id, name, digest, n in conn.execute(stmt, {"ids": wanted[lo : lo + _SQLITE_IN_CHUNK]}):
+                    found.setdefault(int(video_id), {})[name] = (digest, int(n))
+        return found
+
+    def holds(self, collection: str, video_id: int) -> tuple[str | None, int] | None:
+        """The ``(content_hash, segments)`` of the video that ``collection`` holds, or None."""
+        return self.holdings([video_id]).get(int(video_id), {}).get(collection)
+
+    def drop_holdings(self, collection: str, video_ids: Sequence[int]) -> None:
+        """Forget that ``collection`` holds these videos (their vectors there were removed)."""
+        record = self.get_collection(collection)
+        ids = [int(v) for v in video_ids]
+        if record is None or not ids:
+            return
+        stmt = delete(collection_videos).where(
+            collection_videos.c.collection_id == record.id, collection_videos.c.video_id.in_(ids)
+        )
+        with self._engine.begin() as conn:
+            conn.execute(stmt)
 
     # --- ingest runs -------------------------------------------------------------------------
 
-    def start_run(self, config: Mapping[str, Any], videos_total: int = 0) -> int:
-        """Record a new ``running`` ingest run; returns its id."""
+    def start_run(
+        self, config: Mapping[str, Any], videos_total: int = 0, pid: int | None = None, host: str | None = None
+    ) -> int:
+        """Record a new ``running`` ingest run of process ``pid`` on ``host`` (default: this
+        process); returns its id. First, runs of this host whose process is gone (killed
+        before it could close its row) are marked ``abandoned``."""
+        pid = os.getpid() if pid is None else int(pid)
+        host = socket.gethostname() if host is None else host
+        self.abandon_dead_runs(host)
         stmt = insert(ingest_runs).values(
-            status=RunStatus.RUNNING.value, config=dict(config), videos_total=int(videos_total)
+            status=RunStatus.RUNNING.value, config=dict(config), videos_total=int(videos_total), pid=pid,
+            host=host[:255],
         )
         with self._engine.begin() as conn:
             return int(conn.execute(stmt).inserted_primary_key[0])
 
+    def abandon_dead_runs(self, host: str | None = None) -> list[int]:
+        """Mark ``abandoned`` every ``running`` run of ``host`` (default: this one) whose
+        process no longer exists; their ids. Runs of other hosts, and runs recorded without a
+        process id (before the catalog kept one), cannot be checked from here and are left."""
+        host = socket.gethostname() if host is None else host
+        stmt = select(ingest_runs.c.id, ingest_runs.c.pid).where(
+            ingest_runs.c.status == RunStatus.RUNNING.value, ingest_runs.c.host == host[:255],
+            ingest_runs.c.pid.is_not(None),
+        )
+        with self._engine.connect() as conn:
+            dead = [run_id for run_id, pid in conn.execute(stmt) if not _process_alive(int(pid))]
+        if dead:
+            done = (
+                update(ingest_runs)
+                .where(ingest_runs.c.id.in_(dead), ingest_runs.c.status == RunStatus.RUNNING.value)
+                .values(status=RunStatus.ABANDONED.value, finished_at=func.now(),
+                        error="its process ended without closing the run (killed?); a re-run resumes it")
+            )
+            with self._engine.begin() as conn:
+                conn.execute(done)
+        return dead
+
+    def list_runs(self, status: str | None = None, limit: int | None = None) -> list[IngestRunRecord]:
+        """Ingest runs, newest first, optionally of one status and at most ``limit``."""
+        stmt = select(ingest_runs).order_by(ingest_runs.c.id.desc())
+        if status is not None:
+            stmt = stmt.where(ingest_runs.c.status == RunStatus(status).value)
+        if limit is not None:
+            stmt = stmt.limit(int(limit))
+        with self._engine.connect() as conn:
+            return [ingest_run_record(row) for row in conn.execute(stmt).mappings()]
+
+    def count_runs_by_status(self) -> dict[str, int]:
+        """``{run status: runs}``, every status present."""
+        counts = {s.value: 0 for s in RunStatus}
+        stmt = select(ingest_runs.c.status, func.count()).group_by(ingest_runs.c.status)
+        with self._engine.connect() as conn:
+            counts.update({status: int(n) for status, n in conn.execute(stmt)})
+        return counts
+
     def update_run(self, run_id: int, **counters: int) -> None:
-        """Set counters (``videos_total``, ``videos_done``, ``videos_failed``,
+        """Set counters (``videos_total``, ``videos_done``, ``videos_skipped``, ``videos_failed``,
         ``segments_written``) to the given absolute values."""
         self._change_run(run_id, {name: int(v) for name, v in _counters(counters).items()})
 
@@ -546,7 +695,7 @@ class SegmentCatalog:
     def finish_run(self, run_id: int, status: str = RunStatus.FINISHED.value, error: str | None = None) -> None:
         """Close the run as ``finished`` or ``failed`` (with ``error``), stamping finished_at."""
         final = RunStatus(status)
-        if final is RunStatus.RUNNING:
+        if final not in (RunStatus.FINISHED, RunStatus.FAILED):
             raise ValueError("finish_run needs a final status: 'finished' or 'failed'")
         self._change_run(run_id, {"status": final.value, "error": error, "finished_at": func.now()})
 
@@ -595,19 +744,97 @@ def _lookup_statement(dialect: str) -> Select[Any]:
     return stmt
 
 
-def _metadata_text(dialect: str, key: str) -> Any:
-    """The text of top-level metadata field ``key`` as PostgreSQL's ``->>`` spells it (NULL
-    when absent), on either dialect."""
+class InvalidMetadataFilter(ValueError):
+    """A metadata filter over :mod:`spr.limits`' sizes; ``limit`` names the one it broke."""
+
+    def __init__(self, message: str, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
+
+
+def check_metadata_filter(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """``metadata`` as ``{key: text value}`` when it is a filter the catalog answers: at most
+    :data:`~spr.limits.MAX_METADATA_FILTER_ENTRIES` pairs, keys of 1 to
+    :data:`~spr.limits.MAX_METADATA_KEY_CHARS` characters without a double quote, values of at
+    most :data:`~spr.limits.MAX_METADATA_VALUE_CHARS`; else :class:`InvalidMetadataFilter`.
+    Every adapter's filter reaches the catalog through this, so all refuse alike."""
+    entries, key_chars, value_chars = (
+        spr_limits.MAX_METADATA_FILTER_ENTRIES,
+        spr_limits.MAX_METADATA_KEY_CHARS,
+        spr_limits.MAX_METADATA_VALUE_CHARS,
+    )
+    if len(metadata) > entries:
+        raise InvalidMetadataFilter(
+            f"metadata filter has {len(metadata)} entries; at most {entries} are allowed", f"{entries} entries"
+        )
+    pairs = {}
+    for key, value in metadata.items():
+        key, value = str(key), str(value)
+        if not key or '"' in key:
+            raise InvalidMetadataFilter(
+                f"metadata keys must be non-empty and contain no double quote, got {key[:40]!r}", "non-empty key, no '\"'"
+            )
+        if len(key) > key_chars:
+            raise InvalidMetadataFilter(
+                f"metadata key {key[:40]!r}... has {len(key)} characters; at most {key_chars} are allowed",
+                f"{key_chars} characters per key",
+            )
+        if len(value) > value_chars:
+            raise InvalidMetadataFilter(
+                f"metadata value of {key[:40]!r} has {len(value)} characters; at most {value_chars} are allowed",
+                f"{value_chars} characters per value",
+            )
+        pairs[key] = value
+    return pairs
+
+
+def _metadata_pair_text(dialect: str) -> tuple[str, str]:
+    """``(FROM items, text of a pair's value)``: a video's top-level metadata pairs, each value
+    as PostgreSQL's ``->>`` spells it. SQLite's json_each gives SQL values (booleans 1/0,
+    numbers without their JSON spelling), so the text ``->>`` would give is rebuilt."""
     if dialect == "postgresql":
-        return videos.c.metadata[key].as_string()
-    # SQLite's json_extract returns SQL values: booleans become 1/0 and numbers lose their
-    # JSON spelling under a plain comparison, so rebuild the text ``->>`` would give.
-    path = f'$."{key}"'
-    kind = func.json_type(videos.c.metadata, path)
-    return case(
-        (kind == "true", literal("true")),
-        (kind == "false", literal("false")),
-        else_=cast(func.json_extract(videos.c.metadata, path), Text),
+        return "videos v CROSS JOIN LATERAL jsonb_each_text(v.metadata) e", "e.value"
+    return (
+        "videos v, json_each(v.metadata) e",
+        "CASE e.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN NULL "
+        "ELSE CAST(e.value AS TEXT) END",
+    )
+
+
+def _fill_video_metadata(dialect: str) -> Any:
+    """INSERT of video ``:video_id``'s filterable pairs into ``video_metadata`` (migration 0004
+    backfills the same rows): not null, key and value within the filter's limits (a longer
+    one could never be asked for)."""
+    items, value = _metadata_pair_text(dialect)
+    return text(
+        f"INSERT INTO video_metadata (video_id, key, value) SELECT v.id, e.key, {value} FROM {items} "
+        f"WHERE v.id = :video_id AND {value} IS NOT NULL "
+        f"AND length(e.key) BETWEEN 1 AND {spr_limits.MAX_METADATA_KEY_CHARS} "
+        f"AND length({value}) <= {spr_limits.MAX_METADATA_VALUE_CHARS}"
+    )
+
+
+def _metadata_match(dialect: str, ready_only: bool) -> Any:
+    """Keys of the videos holding all ``:n`` filter pairs, sorted, in one statement whose text
+    does not depend on the number of pairs (PostgreSQL: the arrays ``:keys`` / ``:values``;
+    SQLite: the JSON object ``:pairs``), served by ``video_metadata``'s indexes: the rarest pair
+    (by an index count capped at :data:`_PAIR_COUNT_CAP`) gives the candidates through the
+    (key, value) index, and each candidate is checked for all pairs through the primary key
+    (video_id, key). Joining every pair and grouping instead made a pair that every video holds
+    (``lang=en``) cost a row per video and pair."""
+    if dialect == "postgresql":
+        wanted = "SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:values AS text[])) AS w(key, value)"
+    else:
+        wanted = "SELECT key, value FROM json_each(:pairs)"
+    ready = f"AND v.status = '{VideoStatus.READY.value}' " if ready_only else ""
+    return text(
+        f"WITH f AS ({wanted}), "
+        "best AS (SELECT f.key, f.value FROM f ORDER BY (SELECT count(*) FROM (SELECT 1 FROM video_metadata c "
+        f"WHERE c.key = f.key AND c.value = f.value LIMIT {_PAIR_COUNT_CAP}) s) LIMIT 1) "
+        "SELECT v.key FROM best JOIN video_metadata m0 ON m0.key = best.key AND m0.value = best.value "
+        "JOIN videos v ON v.id = m0.video_id "
+        "WHERE (SELECT count(*) FROM f JOIN video_metadata m ON m.video_id = v.id AND m.key = f.key "
+        f"AND m.value = f.value) = :n {ready}ORDER BY v.key"
     )
 
 
@@ -631,6 +858,17 @@ def _counters(values: Mapping[str, int]) -> Mapping[str, int]:
     if unknown:
         raise ValueError(f"unknown ingest-run counter(s) {unknown}; known: {list(RUN_COUNTERS)}")
     return values
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one we may not signal exists too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _delete_texts(video_id: int, track: str | None = None) -> Any:

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -122,23 +123,52 @@ def cmd_config(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-# `spr status` lists the warnings (broken subtitle files, failed ASR) of at most this many videos.
+# `spr status` lists the warnings (broken subtitle files, failed ASR) of at most this many videos,
+# and at most this many running and abandoned ingest runs.
 _STATUS_WARNINGS = 20
+_STATUS_RUNS = 10
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from spr.catalog import SegmentCatalog, masked_url
+    try:
+        code = _print_status(config)
+        sys.stdout.flush()  # inside the try: a reader that left (`| head`) shows here
+        return code
+    except BrokenPipeError:
+        # The reader has what it wanted: exit quietly, and keep the interpreter's final flush
+        # from failing again on the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+
+
+def _print_status(config: Config) -> int:
+    from spr.catalog import RunStatus, SegmentCatalog, masked_url
     from spr.stores import open_vector_store
 
     with SegmentCatalog.from_config(config) as catalog:
         counts = catalog.count_by_status()
         collections = catalog.list_collections()
-        segments = catalog.segment_count()
+        segments = catalog.segment_counts_by_status()
         tracks = catalog.track_counts()
+        runs = catalog.count_runs_by_status()
+        open_runs = catalog.list_runs(RunStatus.RUNNING.value, limit=_STATUS_RUNS)
+        abandoned = catalog.list_runs(RunStatus.ABANDONED.value, limit=_STATUS_RUNS)
         texts = {track: catalog.segment_text_count(track) for track in tracks}
         warned = [v for v in catalog.list_videos() if v.warnings][:_STATUS_WARNINGS]
     print(f"catalog  {masked_url(config.catalog_url)}")
-    print("videos   " + "  ".join(f"{status}={n}" for status, n in counts.items()) + f"  (segments: {segments})")
+    # Only ready videos' segments are searchable; the others' rows are shown apart.
+    others = "".join(f", {n} of {status} videos" for status, n in segments.items() if status != "ready" and n)
+    print("videos   " + "  ".join(f"{status}={n}" for status, n in counts.items())
+          + f"  (segments: {segments['ready']}{others})")
+    if any(runs.values()):
+        print("runs     " + "  ".join(f"{status}={n}" for status, n in runs.items()))
+    for run in open_runs + abandoned:
+        where = f" (pid {run.pid} on {run.host})" if run.pid is not None else ""
+        print(f"run {run.id:<4} {run.status}{where} since {run.started_at:%Y-%m-%d %H:%M:%S}: "
+              f"{run.videos_done} published, {run.videos_skipped} skipped, {run.videos_failed} failed "
+              f"of {run.videos_total}")
     for track, by_status in sorted(tracks.items()):
         statuses = "  ".join(f"{status}={n}" for status, n in sorted(by_status.items()))
         print(f"{track:<9}{statuses}  (segments with text: {texts[track]})")
@@ -161,6 +191,11 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
             spec = ",".join(f"{k}={v}" for k, v in coll.index_spec.items() if k != "kind")
             index = f"{coll.index_spec.get('kind', '?')}" + (f"({spec})" if spec else "")
             print(f"{coll.name:<24} {coll.backend:<8} {coll.dim:>5} {coll.metric:<6} {index:<28} {count:>10}")
+            if store.holds(coll) and store.has_collection(coll.name):
+                # Searches of rows the index does not cover yet are exact or interim: say so.
+                state = store.index_state(coll.name)
+                if state.building:
+                    print(f"  index building: {state.note or f'{state.indexed} of {state.total} rows indexed'}")
     finally:
         store.close()
     return 0

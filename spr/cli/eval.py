@@ -48,6 +48,8 @@ def add_eval_command(sub: Any) -> None:
         metavar="N",
         help="segments retrieved per query (default: proposals.top_k_segments, 200)",
     )
+    p.add_argument("--nprobe", type=int, metavar="N", help="IVF lists to probe (default: the index's), as spr search")
+    p.add_argument("--ef", type=int, metavar="N", help="HNSW search breadth (default: the index's), as spr search")
     p.add_argument("--max-moments", type=int, default=100, metavar="N", help="predictions kept per query (default 100)")
     p.add_argument(
         "--workers",
@@ -84,6 +86,8 @@ def cmd_eval(config: Any, args: argparse.Namespace) -> int:
         max_moments=args.max_moments,
         workers=args.workers,
         modalities=args.modalities,
+        nprobe=args.nprobe,
+        ef=args.ef,
     )
     try:
         report = evaluate(config, args.queries, options, progress=_print_progress)

@@ -91,8 +91,41 @@ def add_commands(sub: Any) -> None:
         metavar="N",
         help="print a progress line to stderr every N videos (default 100; 0: never)",
     )
+    p.add_argument(
+        "--no-wait-index",
+        dest="wait_index",
+        action="store_false",
+        help="return once the vectors are written, without waiting for the index to cover them (Milvus builds "
+        "it in the background; `spr index wait` waits later, `spr status` says while it builds)",
+    )
+    p.add_argument(
+        "--index-timeout", type=float, default=1800.0, metavar="S",
+        help="give up waiting for the index after S seconds (default 1800; noted in the summary, not a failure)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_import)
+
+    p = sub.add_parser(
+        "index",
+        help="vector index maintenance: wait until a collection's index covers every row",
+    )
+    isub = p.add_subparsers(title="actions", metavar="ACTION", required=True)
+    w = isub.add_parser(
+        "wait",
+        help="build the index of a collection (Faiss: train or retrain IVF; Milvus: seal) and wait until "
+        "searches use it over every row",
+    )
+    w.add_argument("--collection", help="collection (default: vectors.collection)")
+    w.add_argument("--timeout", type=float, default=1800.0, metavar="S", help="give up after S seconds (exit 1)")
+    w.set_defaults(handler=cmd_index_wait)
+
+    p = sub.add_parser(
+        "reindex",
+        help="rebuild a collection's index over everything it holds (Faiss: IVF trained again on a uniform "
+        "sample of the whole collection)",
+    )
+    p.add_argument("--collection", help="collection (default: vectors.collection)")
+    p.set_defaults(handler=cmd_reindex)
 
 
 def cmd_import(config: Any, args: argparse.Namespace) -> int:
@@ -113,6 +146,8 @@ def cmd_import(config: Any, args: argparse.Namespace) -> int:
         progress_every=args.progress_every,
         text_features=parse_text_features(args.text_features),
         text_model=args.text_model,
+        wait_for_index=args.wait_index,
+        index_timeout_s=args.index_timeout,
     )
     try:
         summary = import_features(config, args.features, args.manifest, options, progress=_print_progress)
@@ -123,6 +158,53 @@ def cmd_import(config: Any, args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary))
     return 1 if summary.failed else 0
+
+
+def _open_collection(config: Any, name: str | None) -> tuple[Any, str]:
+    """The vector store and the name of a collection it holds (a usage error otherwise)."""
+    from spr.cli import UsageError
+    from spr.stores import open_vector_store
+
+    name = name or config.vectors.collection
+    store = open_vector_store(config)
+    if not store.has_collection(name):
+        store.close()
+        raise UsageError(f"collection {name!r} does not exist in the {store.backend} store")
+    return store, name
+
+
+def cmd_index_wait(config: Any, args: argparse.Namespace) -> int:
+    import time
+
+    store, name = _open_collection(config, args.collection)
+    t0 = time.perf_counter()
+    try:
+        store.wait_until_indexed(name, timeout_s=args.timeout)
+    except TimeoutError as exc:
+        print(f"spr: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"index of {name!r} covers every row ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_reindex(config: Any, args: argparse.Namespace) -> int:
+    import time
+
+    store, name = _open_collection(config, args.collection)
+    t0 = time.perf_counter()
+    try:
+        rebuilt = store.retrain(name)
+        store.flush(name)
+        state = store.index_state(name)
+    finally:
+        store.close()
+    if not rebuilt:
+        print(f"collection {name!r}: its index has nothing to train (Flat or HNSW); nothing to do")
+        return 0
+    print(f"reindexed {name!r}: {state.indexed} of {state.total} rows indexed ({time.perf_counter() - t0:.1f} s)")
+    return 0
 
 
 def parse_text_features(values: list[str]) -> dict[str, str]:
@@ -162,6 +244,8 @@ def format_summary(s: Any) -> str:
         + f"): {len(s.imported)} imported, {len(s.skipped)} skipped, {len(s.failed)} failed; "
         f"{s.segments_written} segments written in {s.seconds:.1f} s"
     ]
+    if s.index_note:
+        lines.append(f"index: {s.index_note}")
     if s.failed:
         lines.append("failed:")
         for key, why in list(s.failed.items())[:_SHOWN_FAILURES]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -54,6 +57,12 @@ def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
         raise UsageError("give video PATHs or --manifest FILE (one of the two)")
     if args.actors is not None and args.actors < 1:
         raise UsageError("--actors must be at least 1")
+    from spr.stores.base import check_collection_name
+
+    try:  # before Ray's start-up and before reading the sources: a usage error, exit 2
+        check_collection_name(args.collection or config.vectors.collection)
+    except ValueError as exc:
+        raise UsageError(f"--collection: {exc}") from None
     if args.ray_address:
         config = config.replace(ray=config.ray.__class__(**{**config.ray.__dict__, "address": args.ray_address}))
     try:
@@ -63,10 +72,11 @@ def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
     if not sources:
         raise UsageError("no video files found in the given paths")
     try:
-        summary = run_ingest(
-            config, sources, args.collection, executor=args.executor, actors=args.actors, force=args.force,
-            speech=False if args.no_speech else None, subtitles=False if args.no_subtitles else None,
-        )
+        with _stdout_to_stderr():
+            summary = run_ingest(
+                config, sources, args.collection, executor=args.executor, actors=args.actors, force=args.force,
+                speech=False if args.no_speech else None, subtitles=False if args.no_subtitles else None,
+            )
     except IngestError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
@@ -74,6 +84,28 @@ def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
     else:
         _print_summary(summary)
     return 1 if summary.videos_failed else 0
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to file descriptor 1 to stderr while the run lasts, so that
+    stdout holds the summary alone (``--json`` stays JSON): Ray's driver prints the raylet's
+    error messages ("A worker died ...") to stdout whatever ``log_to_driver`` says, and C
+    libraries may write there too."""
+    try:
+        out = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stdout (embedded): nothing to guard
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(out)
+    os.dup2(sys.stderr.fileno(), out)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, out)
+        os.close(saved)
 
 
 def cmd_reembed(config: Any, args: argparse.Namespace) -> int:

@@ -1,4 +1,5 @@
-"""``spr serve`` (the search service and the refiner) and ``spr search`` (a query from the shell).
+"""``spr serve`` (the search service and the refiner), ``spr refiner`` (the refiner alone) and
+``spr search`` (a query from the shell).
 
 Nothing heavy is imported at module level: ``spr version`` must not load grpc or torch.
 """
@@ -6,10 +7,12 @@ Nothing heavy is imported at module level: ``spr version`` must not load grpc or
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 # Seconds in-flight calls get to finish on shutdown.
@@ -32,6 +35,18 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--web", action="store_true", help="also serve the web page and its HTTP/JSON API (spr web)")
     p.add_argument("--web-port", type=int, metavar="PORT", help="web page port (default: web.port; 0 = a free one)")
     p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser(
+        "refiner",
+        help="run the refiner alone (gRPC, services.host) until Ctrl-C or SIGTERM",
+        description="Serve spr.v1.RefinerService on services.host:services.refiner_port (loopback by "
+        "default) until interrupted; SIGTERM drains in-flight calls first. A search service reaches it "
+        "through services.refiner_target (e.g. `SPR_SERVICES__REFINER_TARGET=127.0.0.1:50052 spr serve`). "
+        "In its own process the refiner does not compete with the search service for the interpreter: "
+        "under 50 clients that doubled throughput (105 vs 56 requests/s, docs/search.md).",
+    )
+    p.add_argument("--port", type=int, metavar="PORT", help="refiner port (default: services.refiner_port; 0 = a free one)")
+    p.set_defaults(handler=cmd_refiner)
 
     p = sub.add_parser(
         "web",
@@ -101,11 +116,13 @@ def cmd_serve(config: Any, args: argparse.Namespace) -> int:
         from spr.refine.service import serve_refiner
 
         refiner_port = config.services.refiner_port if args.refiner_port is None else args.refiner_port
-        refiner_server, bound_refiner = serve_refiner(config, port=refiner_port)
+        with _port_in_use_is_usage("--refiner-port", "services.refiner_port"):
+            refiner_server, bound_refiner = serve_refiner(config, port=refiner_port)
         refiner_target = f"{dialable_host(host)}:{bound_refiner}"
         _say(f"refiner  listening on {host}:{bound_refiner}")
     try:
-        search_server, bound_search = serve_search(config, port=args.search_port, refiner_target=refiner_target)
+        with _port_in_use_is_usage("--search-port", "services.search_port"):
+            search_server, bound_search = serve_search(config, port=args.search_port, refiner_target=refiner_target)
     except BaseException:
         if refiner_server is not None:
             refiner_server.stop(0)
@@ -128,6 +145,37 @@ def cmd_serve(config: Any, args: argparse.Namespace) -> int:
     search_server.stop(SHUTDOWN_GRACE_S).wait()
     if refiner_server is not None:
         refiner_server.stop(SHUTDOWN_GRACE_S).wait()
+    _say("stopped")
+    return 0
+
+
+@contextlib.contextmanager
+def _port_in_use_is_usage(option: str, setting: str) -> Iterator[None]:
+    """A gRPC port another process holds is the user's to fix: one line and exit 2 (UsageError),
+    as for the web gateway's port."""
+    from spr.errors import UsageError
+    from spr.grpc_security import PortInUse
+
+    try:
+        yield
+    except PortInUse as exc:
+        raise UsageError(f"{exc}; is another `spr serve` running? pass {option} (0 picks a free one) or set {setting}") from None
+
+
+# -- spr refiner --------------------------------------------------------------------------------
+
+
+def cmd_refiner(config: Any, args: argparse.Namespace) -> int:
+    from spr.refine.service import serve_refiner
+
+    with _port_in_use_is_usage("--port", "services.refiner_port"):
+        server, bound = serve_refiner(config, port=args.port)
+    _say(f"refiner  listening on {config.services.host}:{bound}")
+    _say(f"         search services reach it with services.refiner_target = \"{dialable_host(config.services.host)}:{bound}\"")
+    _say("press Ctrl-C (or send SIGTERM) to stop")
+    _wait_for_stop_signal()
+    _say("shutting down: finishing in-flight calls")
+    server.stop(SHUTDOWN_GRACE_S).wait()
     _say("stopped")
     return 0
 

@@ -73,7 +73,7 @@ def cmd_train_refiner(config: Any, args: argparse.Namespace) -> int:
     if not features:
         raise UsageError(f"no query of {args.train} has a feature; check --query-features")
     text_dim = len(next(iter(features.values())))
-    projectors = load_projectors(config.projector.checkpoint, text_dim)
+    projectors = load_projectors(config.projector.checkpoint, text_dim, uses=("queries",))
     examples = examples_from_stores(
         config, records, features, args.collection or config.vectors.collection,
         lambda q: projectors.project_texts(q), oracle=not args.no_oracle,

@@ -126,6 +126,9 @@ class EvalOptions:
     iou_thresholds: tuple[float, ...] = DEFAULT_IOUS
     # Also score each text track alone and the fusion, when the collection has text tracks.
     modalities: bool = True
+    # Index search breadth, as `spr search --nprobe/--ef` (None: the collection's defaults).
+    nprobe: int | None = None
+    ef: int | None = None
 
 
 @dataclass
@@ -175,6 +178,11 @@ class EvalReport:
     # no text tracks (or the search no text encoder).
     by_modality: dict[str, RankingReport] = field(default_factory=dict)
     fused_modalities: tuple[str, ...] = ()  # what the fusion searched
+    # The search parameters asked for (None: the index's defaults) and the proposal bounds.
+    nprobe: int | None = None
+    ef: int | None = None
+    merge_score_window: float = 1.0
+    max_length_s: float = 0.0
 
     @property
     def refiner_batches(self) -> dict[str, float] | None:
@@ -212,6 +220,9 @@ class EvalReport:
             "max_moments": self.max_moments,
             "pad_s": self.pad_s,
             "gap_rule": self.gap_rule,
+            "merge_score_window": self.merge_score_window,
+            "max_length_s": self.max_length_s,
+            "search_params": {"nprobe": self.nprobe, "ef": self.ef},
             "workers": self.workers,
             "refined": self.spr is not None,
             "refiner": self.refiner,
@@ -556,6 +567,10 @@ def run_evaluation(
         dropped_proposals=sum(o.dropped for o in outcomes),
         by_modality=by_modality,
         fused_modalities=runner.fused_modalities,
+        nprobe=options.nprobe,
+        ef=options.ef,
+        merge_score_window=pc.merge_score_window,
+        max_length_s=pc.max_length_s,
     )
 
 
@@ -583,6 +598,9 @@ def _check_options(options: EvalOptions) -> None:
         raise EvalError(f"workers must be at least 1, got {options.workers}")
     if options.projected and not options.query_features:
         raise EvalError("--projected describes --query-features; pass the feature file too")
+    for flag, value in (("--nprobe", options.nprobe), ("--ef", options.ef)):
+        if value is not None and value < 1:
+            raise EvalError(f"{flag} must be at least 1 (leave it out for the index's default), got {value}")
     if not options.ks or not options.iou_thresholds:
         raise EvalError("need at least one K and one IoU threshold")
 
@@ -678,7 +696,8 @@ def _text_projectors(config: Config, in_dim: int) -> Any:
     from spr.models.projector import load_projectors
 
     try:
-        return load_projectors(config.projector.checkpoint, in_dim, device="cpu")
+        # Precomputed query features, and no segments embedded here: nothing to warn about.
+        return load_projectors(config.projector.checkpoint, in_dim, device="cpu", uses=())
     except (ValueError, FileNotFoundError) as exc:
         raise EvalError(f"cannot project {in_dim}-d query features: {exc}") from None
 
@@ -741,6 +760,8 @@ class _Runner:
                 collection=self.collection,
                 top_k=self.options.max_moments,
                 segments_k=self.top_k,
+                nprobe=self.options.nprobe,
+                ef=self.options.ef,
                 refine=self.options.refine,
             )
         )
@@ -763,6 +784,7 @@ class _Runner:
                 MomentQuery(
                     text=query.text, encoded=self.embedded.query(index), collection=self.collection,
                     top_k=self.options.max_moments, segments_k=self.top_k, refine=False, weights=weights,
+                    nprobe=self.options.nprobe, ef=self.options.ef,
                 )
             )
             outcome.by_modality[name] = [_predicted(m) for m in modal.moments]

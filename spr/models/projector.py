@@ -189,17 +189,39 @@ def save_projectors(path: str | os.PathLike[str], projectors: Projectors, **meta
     save_checkpoint(path, PROJECTOR_CHECKPOINT, projectors.shape, states, {**projectors.meta, **meta})
 
 
-def load_projectors(checkpoint: str, in_dim: int, device: str = "cpu", clip_model: str | None = None) -> Projectors:
-    """The projectors in ``checkpoint``, or the CLIP_mp fallback (logged) when it is empty.
+# What a caller of load_projectors embeds with them: the fallback warning names only those.
+_FALLBACK_USES = {
+    "segments": "segments use CLIP mean pooling (the paper's CLIP_mp baseline)",
+    "queries": "queries use the raw CLIP text feature",
+}
+
+
+def load_projectors(
+    checkpoint: str,
+    in_dim: int,
+    device: str = "cpu",
+    clip_model: str | None = None,
+    uses: tuple[str, ...] = ("segments", "queries"),
+) -> Projectors:
+    """The projectors in ``checkpoint``, or the CLIP_mp fallback when it is empty.
 
     ``in_dim`` is the CLIP feature size the caller has; a checkpoint trained on another size
-    (or, with ``clip_model``, on another CLIP model) is refused rather than silently misused."""
+    (or, with ``clip_model``, on another CLIP model) is refused rather than silently misused.
+    ``uses`` says what the caller embeds ("segments", "queries"): the fallback is logged as a
+    warning naming only those, and not at all for ``()`` (precomputed query features, whose
+    pass-through is the CLIP_mp baseline as asked for)."""
     if not checkpoint:
-        log.warning(
-            "no projector checkpoint (projector.checkpoint is empty): segments use CLIP mean pooling "
-            "(the paper's CLIP_mp baseline) and queries the raw CLIP text feature",
-            extra={"in_dim": in_dim},
-        )
+        unknown = set(uses) - set(_FALLBACK_USES)
+        if unknown:
+            raise ValueError(f"unknown projector uses {sorted(unknown)}; choose from {sorted(_FALLBACK_USES)}")
+        if uses:
+            log.warning(
+                "no projector checkpoint (projector.checkpoint is empty): "
+                + " and ".join(_FALLBACK_USES[u] for u in uses),
+                extra={"in_dim": in_dim},
+            )
+        else:
+            log.info("no projector checkpoint: precomputed features are used as they are", extra={"in_dim": in_dim})
         return untrained_projectors(in_dim).to(device).eval()
     saved = read_checkpoint(checkpoint, PROJECTOR_CHECKPOINT, in_dim, clip_model)
     projectors = build_projectors(saved.shape)

@@ -39,7 +39,9 @@ class QueryEncoder:
         from spr.models.projector import load_projectors
 
         clip = load_clip(config.clip.model, config.clip.pretrained, config.clip.device, config.clip.precision)
-        projectors = load_projectors(config.projector.checkpoint, clip.dim, device=clip.device, clip_model=clip.model_name)
+        projectors = load_projectors(
+            config.projector.checkpoint, clip.dim, device=clip.device, clip_model=clip.model_name, uses=("queries",)
+        )
         return cls(clip, projectors)
 
     @property

@@ -40,6 +40,23 @@ class CollectionInfo:
 
 
 @dataclass(frozen=True)
+class IndexState:
+    """How much of a collection its vector index covers: ``indexed`` of ``total`` rows (the
+    rest is searched exactly, or by Milvus from an interim copy, until the index covers it);
+    ``trained_on``: rows an IVF index was trained on (0: not known or nothing to train);
+    ``note``: why it is not built, for ``spr status``."""
+
+    indexed: int
+    total: int
+    trained_on: int = 0
+    note: str = ""
+
+    @property
+    def building(self) -> bool:
+        return self.indexed < self.total
+
+
+@dataclass(frozen=True)
 class SearchResult:
     """Top-k per query, best first. ``ids`` is ``(nq, k)`` int64 padded with -1, ``scores``
     is ``(nq, k)`` float32 (inner product, larger is better) padded with ``-inf``."""
@@ -103,6 +120,14 @@ class VectorStore(Protocol):
     def wait_until_indexed(self, name: str, timeout_s: float = 300.0) -> None:
         """Build the index over everything written, make it durable, and return once searches
         use it (bulk loads, benchmarks, parity tests). ``TimeoutError`` after ``timeout_s``."""
+
+    def index_state(self, name: str) -> IndexState:
+        """How much of ``name`` the index covers now (``spr status``); cheap, never waits."""
+
+    def retrain(self, name: str) -> bool:
+        """Rebuild the index over everything ``name`` holds (``spr reindex``): Faiss retrains
+        IVF on a uniform sample of the whole collection; Milvus, which trains per sealed
+        segment, seals and waits. False when there is nothing to rebuild."""
 
     def drop_collection(self, name: str) -> None: ...
 

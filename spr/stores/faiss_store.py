@@ -9,8 +9,12 @@ Indexes come from ``faiss.index_factory`` with the strings of :func:`index_param
 product on L2-normalised vectors. IVF indexes need training; until a collection holds
 ``nlist * train_points_per_list`` vectors they sit in an exact buffer that is searched
 alongside (the same thing Milvus does with segments too small to index), then the index is
-trained on a random sample of that size and the buffer moves in. Search uses the GPU when
-faiss-gpu sees one; persistence is always the CPU index.
+trained on a random sample of that size and the buffer moves in. That first training set is
+whatever arrived first (an import's first videos), so the collection remembers how many vectors
+it was trained on: :meth:`FaissStore.build_index` (which ``spr import`` calls when it is done)
+retrains on a uniform sample of the whole collection once it holds ``RETRAIN_GROWTH`` times
+that many, and :meth:`FaissStore.retrain` (``spr reindex``) retrains now. Search uses the GPU
+when faiss-gpu sees one; persistence is always the CPU index.
 
 One process owns a store directory; readers in other processes see what was last flushed
 when they open it.
@@ -34,6 +38,7 @@ from .base import (
     CollectionExists,
     CollectionInfo,
     CollectionNotFound,
+    IndexState,
     SearchResult,
     BackendTagged,
     check_collection_name,
@@ -56,6 +61,11 @@ from .index_spec import (
 
 log = logging.getLogger(__name__)
 
+# build_index retrains an IVF_FLAT collection once it holds this many times the vectors it was
+# trained on: k-means centroids of the first arrivals (one import's first ~2,300 videos, seen on
+# 147K real segments) fit the rest of a corpus poorly. IVF_PQ is only retrained on request
+# (retrain / `spr reindex`): its vectors can only be rebuilt from their lossy codes.
+RETRAIN_GROWTH = 2.0
 __all__ = ["FaissStore", "check_collection_name", "index_param", "min_train_points", "search_param"]
 
 
@@ -124,6 +134,8 @@ class _Collection:
     keys: list[str] = field(default_factory=list)
     key_codes: dict[str, int] = field(default_factory=dict)
     gpu_index: faiss.Index | None = None
+    # Vectors the collection held when its IVF index was trained (0: untrained, or not IVF).
+    trained_on: int = 0
     dirty: bool = True
     generation: str = ""  # the on-disk generation this copy was loaded from or saved as
 
@@ -249,8 +261,43 @@ class FaissStore:
             self._train(coll)
 
     def build_index(self, name: str) -> None:
-        """Train an untrained IVF collection now (:meth:`train`); Flat and HNSW need nothing."""
-        self.train(name)
+        """Train an untrained IVF collection now (:meth:`train`), or retrain an IVF_FLAT one that
+        has grown to ``RETRAIN_GROWTH`` times its training set; Flat and HNSW need nothing."""
+        with self._lock:
+            coll = self._get(name)
+            if coll.pending is not None:
+                self.train(name)
+            elif isinstance(coll.spec, IvfFlat) and coll.count >= RETRAIN_GROWTH * max(1, coll.trained_on):
+                log.info(
+                    "collection %s holds %d vectors, %.1fx the %d its IVF index was trained on: retraining",
+                    name, coll.count, coll.count / max(1, coll.trained_on), coll.trained_on,
+                )
+                self._retrain(coll)
+
+    def retrain(self, name: str) -> bool:
+        """Train the IVF index again on a uniform sample of everything the collection holds
+        (``spr reindex``); False for Flat and HNSW, which have nothing to train. IVF_PQ vectors
+        are rebuilt from their codes, so its new codebooks learn from the old approximations."""
+        with self._lock:
+            coll = self._get(name)
+            if not isinstance(coll.spec, (IvfFlat, IvfPq)):
+                return False
+            if coll.pending is not None:
+                self.train(name)
+            else:
+                self._retrain(coll)
+            return True
+
+    def index_state(self, name: str) -> IndexState:
+        """How much of ``name`` its index covers; an untrained IVF collection is searched exactly."""
+        with self._lock:
+            coll = self._get(name)
+            if coll.pending is None:
+                return IndexState(coll.count, coll.count, trained_on=coll.trained_on)
+            return IndexState(
+                int(coll.index.ntotal), coll.count,
+                note=f"untrained: searched exactly until {self._train_size(coll)} vectors or `spr reindex`",
+            )
 
     def wait_until_indexed(self, name: str, timeout_s: float = 300.0) -> None:
         """Train (if still untrained) and flush; synchronous, so ``timeout_s`` is not needed."""
@@ -363,12 +410,34 @@ class FaissStore:
         n = pending.ntotal
         stored = faiss.vector_to_array(pending.id_map).astype(np.int64)
         vectors = pending.index.reconstruct_n(0, n)
-        size = min(n, self._train_size(coll))
-        sample = vectors[np.random.default_rng(0).choice(n, size=size, replace=False)] if size < n else vectors
-        log.info("training %s index of collection %s on %d of %d vectors", coll.spec.kind, coll.name, size, n)
-        coll.index.train(sample)
+        self._fit(coll, coll.index, vectors)
         coll.index.add_with_ids(vectors, stored)
         coll.pending = None
+        coll.trained_on = n
+        self._changed(coll)
+
+    def _fit(self, coll: _Collection, index: faiss.Index, vectors: np.ndarray) -> None:
+        """Train ``index`` on a uniform random sample (seeded) of ``vectors``, every row of the
+        collection: never on a prefix in arrival order."""
+        n = len(vectors)
+        size = min(n, self._train_size(coll))
+        sample = vectors[np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))] if size < n else vectors
+        log.info("training %s index of collection %s on %d of %d vectors", coll.spec.kind, coll.name, size, n)
+        index.train(sample)
+
+    def _retrain(self, coll: _Collection) -> None:
+        ids = coll.ids.copy()
+        ivf = faiss.extract_index_ivf(coll.index)
+        ivf.set_direct_map_type(faiss.DirectMap.Hashtable)  # reconstruct by segment id
+        try:
+            vectors = coll.index.reconstruct_batch(ids) if len(ids) else np.empty((0, coll.dim), np.float32)
+        finally:
+            ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+        fresh = _new_index(coll.dim, coll.metric, coll.spec)
+        self._fit(coll, fresh, vectors)
+        fresh.add_with_ids(vectors, ids)
+        coll.index = fresh
+        coll.trained_on = len(ids)
         self._changed(coll)
 
     def _remove(self, coll: _Collection, mask: np.ndarray) -> None:
@@ -421,6 +490,7 @@ class FaissStore:
             "metric": coll.metric,
             "index": index_spec_to_dict(coll.spec),
             "trained": coll.pending is None,
+            "trained_on": coll.trained_on,
             "count": coll.count,
         }
         (gdir / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -460,6 +530,8 @@ class FaissStore:
             owners=np.load(gdir / "owners.npy"),
             keys=keys,
             key_codes={k: i for i, k in enumerate(keys)},
+            # Collections saved before it was recorded: as if trained on what they hold now.
+            trained_on=int(meta.get("trained_on", meta["count"] if meta["trained"] else 0)),
         )
         self._changed(coll)
         coll.dirty = False

@@ -12,6 +12,16 @@ Networking: the server binds its gRPC port (19530 by default) and its internal p
 ALL interfaces, not only loopback; the package offers no setting to change that. On a shared
 or exposed host, firewall those ports or run Milvus in a container instead.
 
+Stopping: ``spr milvus stop`` sends SIGTERM to the server's process group (the binary itself is
+the group leader; there is no wrapper). Milvus 2.3 then stops gracefully: it stops its
+coordinators first, and the query node waits for its loaded segments to migrate to another query
+node before it exits (``queryNode.gracefulStopTimeout``, falling back to
+``common.gracefulStopTimeout``: 1800 s in the package's template). A standalone server has no
+other query node, so with any collection loaded it waited out that timeout, which looked like
+ignoring SIGTERM until ``stop`` killed it after 15 s. The configuration written at start
+therefore bounds the graceful stop (:data:`GRACEFUL_STOP_S`): nothing is lost, flushed data is
+on disk and the rest is replayed from the local message log at the next start.
+
 This is not ``milvus-lite``: that package is a pure-Python imitation (no IVF_PQ, silently
 drops index parameters) and is never used here.
 """
@@ -31,6 +41,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+# Seconds the query and index nodes may spend handing work to other nodes when told to stop
+# (there are none in standalone), and the whole graceful stop before Milvus exits by itself.
+GRACEFUL_STOP_S = {"queryNode.gracefulStopTimeout": 3, "indexNode.gracefulStopTimeout": 3, "common.gracefulStopTimeout": 10}
 
 
 class MilvusServerError(RuntimeError):
@@ -112,6 +126,7 @@ class EmbeddedMilvus:
             overrides["proxy_port"] = self.port
         config = MilvusServerConfig(**overrides)
         config.resolve()  # picks free ports for everything not set and writes configs/milvus.yaml
+        bound_graceful_stop(self.data_dir / "configs" / "milvus.yaml")
         _initialize_data_files(config.base_data_dir)
         metrics_port, sock = config.resolve_port(9091)
         sock.close()
@@ -147,7 +162,7 @@ class EmbeddedMilvus:
             raise
         return state
 
-    def stop(self, timeout_s: float = 15.0) -> bool:
+    def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop the server; True if one was running."""
         state = self.status()
         if state is None:
@@ -203,6 +218,28 @@ def _other_standalone_pid() -> int | None:
     return None
 
 
+def bound_graceful_stop(config_file: Path, values: dict[str, int] = GRACEFUL_STOP_S) -> None:
+    """Set each ``section.key`` of ``values`` in Milvus's YAML ``config_file``: replace the key
+    where the section has it (at two-space indent), else add it as the section's first key.
+    The package's template has no ``queryNode``/``indexNode`` stop keys, so they are added."""
+    lines = config_file.read_text(encoding="utf-8").splitlines()
+    for dotted, value in values.items():
+        section, key = dotted.split(".")
+        try:
+            top = lines.index(f"{section}:")
+        except ValueError:
+            lines += [f"{section}:", f"  {key}: {value}"]
+            continue
+        end = next((i for i in range(top + 1, len(lines)) if lines[i] and not lines[i].startswith((" ", "#"))), len(lines))
+        for i in range(top + 1, end):
+            if lines[i].startswith(f"  {key}:"):
+                lines[i] = f"  {key}: {value}  # set by spr: bound the graceful stop"
+                break
+        else:
+            lines.insert(top + 1, f"  {key}: {value}  # set by spr: bound the graceful stop")
+    config_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -210,12 +247,28 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+    if _zombie(pid):
+        # Exited, not yet reaped by its parent (init, for a server an earlier command started):
+        # signal 0 still "reaches" it, but it runs no more. Reaped below when it is ours.
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
     # A zombie child of this process still "exists"; reap it if it is ours.
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
     except ChildProcessError:
         return True
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def _port_free(port: int) -> bool:

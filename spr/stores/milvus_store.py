@@ -25,6 +25,7 @@ from .base import (
     CollectionExists,
     CollectionInfo,
     CollectionNotFound,
+    IndexState,
     SearchResult,
     BackendTagged,
     check_collection_name,
@@ -217,6 +218,25 @@ class MilvusStore:
             time.sleep(0.5)
         self._client.release_collection(name)
         self._client.load_collection(name, timeout=max(1.0, deadline - time.monotonic()))
+
+    def index_state(self, name: str) -> IndexState:
+        """Rows the server's vector index covers now (``describe_index``); flushed rows it has
+        not indexed yet are searched from an interim copy."""
+        self._shape(name)
+        desc = self._client.describe_index(name, "vector")
+        total = int(desc.get("total_rows", 0))
+        indexed = int(desc.get("indexed_rows", 0))
+        pending = int(desc.get("pending_index_rows", 0))
+        if pending:
+            indexed = min(indexed, max(0, total - pending))
+        note = f"index building: {indexed} of {total} rows indexed" if indexed < total else ""
+        return IndexState(indexed, total, note=note)
+
+    def retrain(self, name: str) -> bool:
+        """Milvus trains every sealed segment's index on that segment, so nothing was trained on
+        a prefix: seal, wait for the index over every row and reload (:meth:`wait_until_indexed`)."""
+        self.wait_until_indexed(name)
+        return True
 
     def refresh(self) -> list[str]:
         """Nothing to do: the server is the one copy every process sees."""

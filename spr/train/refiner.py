@@ -290,7 +290,10 @@ def examples_from_stores(
     from spr.stores import open_vector_store
 
     p = config.proposals
-    gap_rule = gap_rule_from_config(p.gap_rule, p.max_missing_segments, p.adaptive_alpha)
+    gap_rule = gap_rule_from_config(
+        p.gap_rule, p.max_missing_segments, p.adaptive_alpha,
+        merge_score_window=p.merge_score_window, max_length_s=p.max_length_s,
+    )
     catalog = SegmentCatalog.from_config(config)
     store = open_vector_store(config)
     features = FrameFeatureStore.from_config(config)
