@@ -197,7 +197,7 @@ def write_checkpoints(root: Path, clip_model: str) -> tuple[Path, Path]:
     return projector, refiner
 
 
-def build_corpus(root: Path, spec: CorpusSpec, batch_videos: int = 16) -> None:
+def build_corpus(root: Path, spec: CorpusSpec, batch_videos: int = 16, features: bool = True) -> None:
     """Catalog rows, frame features (hot videos), ``vectors.npy`` ``(n, dim)`` float32 and
     ``ids.npy`` ``(n,)`` int64 (catalog segment ids, same order) under ``root``; skipped when
     ``corpus.json`` says it is there already."""
@@ -234,7 +234,7 @@ def build_corpus(root: Path, spec: CorpusSpec, batch_videos: int = 16) -> None:
                         uri=f"file:///archive/{v:06d}.mp4",
                         duration_s=sizes[v] * SEGMENT_S,
                         embeddings=emb,
-                        features={VISUAL: TimedFeatures(spec.features(v), 1.0)} if spec.is_hot(v) else {},
+                        features={VISUAL: TimedFeatures(spec.features(v), 1.0)} if features and spec.is_hot(v) else {},
                     )
                 )
             published = publish_videos(
@@ -291,6 +291,129 @@ def build_collection(root: Path, backend: str, name: str, spec, milvus_uri: str,
         return build_s, False
     finally:
         store.close()
+
+
+# --- the coarse path in this process, old and new side by side (--coarse) ----------------------
+
+
+def timed_load(fn, items: list, threads: int) -> tuple[list[float], float]:
+    """``fn(item)`` for every item from ``threads`` threads (the next item as soon as the last
+    returned); per-call milliseconds and the wall time in seconds."""
+    lock = threading.Lock()
+    pending = list(reversed(items))
+    times: list[float] = []
+    start = threading.Barrier(threads + 1)
+
+    def worker() -> None:
+        start.wait()
+        while True:
+            with lock:
+                if not pending:
+                    return
+                item = pending.pop()
+            t = time.perf_counter()
+            fn(item)
+            ms = (time.perf_counter() - t) * 1e3
+            with lock:
+                times.append(ms)
+
+    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
+    for th in pool:
+        th.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for th in pool:
+        th.join()
+    return times, time.perf_counter() - t0
+
+
+def bench_coarse(args: argparse.Namespace) -> None:
+    """The coarse path's parts in this process, each as before and as now, in one run on the
+    same corpus and queries: the Faiss search (one exclusive lock / the reader-writer lock, at
+    each ``--omp-threads``), the catalog lookup (one joined statement / video rows + span
+    cache) and the proposal merge (the pure-Python reference / numpy), at each ``--clients``."""
+    from _common import cpu_description
+
+    from spr.catalog import SegmentCatalog
+    from spr.config import load_config
+    from spr.proposals import _propose_moments_reference, gap_rule_from_config, pad_proposals
+    from spr.retrieval import merge_hits
+    from spr.proposals import RetrievedSegment
+    from spr.stores.faiss_store import FaissStore
+
+    print(f"# {cpu_description()}", flush=True)
+    rows = []
+    for n in args.sizes:
+        spec = CorpusSpec(n=n, hot_videos=args.hot_videos)
+        root = Path(args.data_dir) / f"n{n}-coarse"
+        build_corpus(root, spec, features=False)
+        nlist = args.nlist or (1024 if n <= 200_000 else 4096)
+        nprobe = args.nprobe or (16 if n <= 200_000 else 32)
+        queries = spec.queries(args.queries, spec.centres(), seed=3)
+        config = load_config(environ={"SPR_DATA_DIR": str(root)})
+        new_catalog = SegmentCatalog.from_config(config)
+        old_catalog = SegmentCatalog(new_catalog.engine, lookup_cache_segments=0)
+        gap_rule = gap_rule_from_config("adjacent", max_length_s=30.0)  # the [proposals] defaults
+        hits_of_query: list[list[tuple[int, float]]] = []
+        for kind in args.indexes:
+            name = collection_name("faiss", n, kind)
+            ispec = index_spec(kind, nlist, nprobe, args.m)
+            build_s, cached = build_collection(root, "faiss", name, ispec, "", args.build_threads)
+            print(f"# faiss n={n:,} {kind}: built in {build_s:.1f} s{' (cached)' if cached else ''}", flush=True)
+            for omp in args.omp_threads:
+                store = FaissStore(root / "faiss", threads=omp, use_gpu=False)
+                store.search(name, queries[:1], 200)  # load
+                if not hits_of_query:
+                    found = store.search(name, queries, 200)
+                    hits_of_query = [found.hits(i) for i in range(len(queries))]
+                for clients in args.clients:
+                    for code, exclusive in (("old", True), ("new", False)):
+                        store._exclusive_search = exclusive  # the constructor's option, switched in place
+                        times, wall = timed_load(lambda q: store.search(name, q[None, :], 200), list(queries), clients)
+                        rows.append({"part": f"faiss {kind} (omp {omp})", "n": n, "clients": clients, "code": code,
+                                     "p50": pct(times, 50), "p99": pct(times, 99), "qps": len(times) / wall})
+                        print(f"  {rows[-1]}", flush=True)
+                store.close()
+        id_lists = [[sid for sid, _ in hits] for hits in hits_of_query]
+        for catalog in (old_catalog, new_catalog):
+            for ids in id_lists:  # warm both alike (the new one fills its span cache)
+                catalog.lookup_segments(ids)
+        for clients in args.clients:
+            for code, catalog in (("old", old_catalog), ("new", new_catalog)):
+                times, wall = timed_load(catalog.lookup_segments, id_lists, clients)
+                rows.append({"part": "catalog lookup (sqlite)", "n": n, "clients": clients, "code": code,
+                             "p50": pct(times, 50), "p99": pct(times, 99), "qps": len(times) / wall})
+                print(f"  {rows[-1]}", flush=True)
+        located = [(hits, new_catalog.lookup_segments([sid for sid, _ in hits])) for hits in hits_of_query]
+
+        def old_merge(item) -> None:
+            # The proposals stage as it was: segment objects, the pure-Python merge, padding.
+            hits, locations = item
+            segments = [
+                RetrievedSegment(sid, loc.video_key, loc.ordinal, loc.start_s, loc.end_s, loc.video_duration_s, score, rank)
+                for rank, (sid, score) in enumerate(hits) if (loc := locations.get(sid)) is not None
+            ]
+            pad_proposals(_propose_moments_reference(segments, gap_rule), PAD_S)
+
+        def new_merge(item) -> None:
+            merge_hits(item[0], item[1], gap_rule, PAD_S)
+
+        for clients in args.clients:
+            for code, fn in (("old", old_merge), ("new", new_merge)):
+                times, wall = timed_load(fn, located, clients)
+                rows.append({"part": "proposals stage", "n": n, "clients": clients, "code": code,
+                             "p50": pct(times, 50), "p99": pct(times, 99), "qps": len(times) / wall})
+                print(f"  {rows[-1]}", flush=True)
+        new_catalog.close()
+    print(f"\n{cpu_description()}; milliseconds, p50 / p99; q/s = calls per second over all client threads")
+    print("| part | segments | clients | old p50 / p99 | new p50 / p99 | old q/s | new q/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for old in (r for r in rows if r["code"] == "old"):
+        new = next(r for r in rows if r["code"] == "new" and (r["part"], r["n"], r["clients"]) == (old["part"], old["n"], old["clients"]))
+        print(f"| {old['part']} | {old['n']:,} | {old['clients']} | {old['p50']:.2f} / {old['p99']:.2f} | "
+              f"{new['p50']:.2f} / {new['p99']:.2f} | {old['qps']:.0f} | {new['qps']:.0f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": cpu_description(), "coarse": rows}, indent=1))
 
 
 # --- the services (child process) ----------------------------------------------------------------
@@ -546,8 +669,15 @@ def main() -> None:
         "--report", nargs="+", metavar="JSON",
         help="only print the tables of earlier --json files (of repeated rows, the one beside the least other load)",
     )
+    ap.add_argument("--coarse", action="store_true",
+                    help="instead: the coarse path's parts in this process, old and new side by side (Faiss only)")
+    ap.add_argument("--omp-threads", type=int, nargs="+", default=[1],
+                    help="--coarse: faiss.threads of the searching store (0: Faiss's default, every core)")
     args = ap.parse_args()
 
+    if args.coarse:
+        bench_coarse(args)
+        return
     if args.report:
         print_tables(*quietest([json.loads(Path(f).read_text()) for f in args.report]))
         return

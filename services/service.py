@@ -19,6 +19,8 @@ the client). Every error carries ``google.rpc`` details (:mod:`spr.grpc_errors`)
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
 from concurrent import futures
 from collections.abc import Iterator
@@ -104,7 +106,9 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
     def Search(self, request: search_pb2.SearchRequest, context: grpc.ServicerContext) -> search_pb2.SearchResponse:
         # The client's deadline bounds the refiner's wait (the engine keeps a margin to reply).
         time_left = context.time_remaining()
-        return _answer(context, "Search", lambda r: self.search(r, time_left), request, self.metrics.record)
+        # When the call was handed to the worker pool: total counts the wait for a worker.
+        arrived = getattr(_call_queued, "at", None)
+        return _answer(context, "Search", lambda r: self.search(r, time_left, arrived), request, self.metrics.record)
 
     def CollectionStats(
         self, request: search_pb2.CollectionStatsRequest, context: grpc.ServicerContext
@@ -146,9 +150,12 @@ class SearchServicer(search_pb2_grpc.SearchServiceServicer):
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this search service serves no media")
         return self.media
 
-    def search(self, request: search_pb2.SearchRequest, timeout_s: float | None = None) -> search_pb2.SearchResponse:
-        """One request through the engine (raises :class:`SearchRefused` to refuse it)."""
-        return search_response(self.engine.search(moment_query(request), timeout_s=timeout_s))
+    def search(
+        self, request: search_pb2.SearchRequest, timeout_s: float | None = None, arrived_at: float | None = None
+    ) -> search_pb2.SearchResponse:
+        """One request through the engine (raises :class:`SearchRefused` to refuse it);
+        ``arrived_at``: when (``time.perf_counter()``) it was queued for a worker."""
+        return search_response(self.engine.search(moment_query(request), timeout_s=timeout_s, arrived_at=arrived_at))
 
     def collection_stats(self, request: search_pb2.CollectionStatsRequest) -> search_pb2.CollectionStatsResponse:
         stats = self.engine.collection_stats(request.collection)
@@ -286,6 +293,27 @@ def _abort_internal(context: grpc.ServicerContext, method: str, exc: BaseExcepti
 
 # --- the server --------------------------------------------------------------------------------
 
+# Set in a worker thread while it runs a call: when the call was queued for a worker.
+_call_queued = threading.local()
+
+
+class _QueueTimedPool(futures.ThreadPoolExecutor):
+    """The server's worker pool, noting when each call was handed to it: grpcio submits a
+    call once it has arrived, and with every worker busy it waits in this pool's queue, which
+    the handler alone cannot see. The time is ``time.perf_counter()``'s, in ``_call_queued.at``."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future:
+        return super().submit(_run_queued, time.perf_counter(), fn, *args, **kwargs)
+
+
+def _run_queued(queued_at: float, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    _call_queued.at = queued_at
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _call_queued.at = None
+
+
 
 class SearchServer(DrainingServer):
     """A started search server that owns the servicer's catalog, store and refiner channel,
@@ -377,7 +405,7 @@ def start_search_server(
     """Serve ``servicer`` (plus health and reflection) on ``config.services.host``:``port``; its
     store is refreshed every ``refresh_s`` seconds (0: never)."""
     grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="search"),
+        _QueueTimedPool(max_workers=max_workers, thread_name_prefix="search"),
         interceptors=server_interceptors(config.security),
         options=SERVER_OPTIONS,  # no SO_REUSEPORT: a taken port fails start-up (PortInUse)
     )

@@ -70,7 +70,9 @@ class GapRuleName(enum.StrEnum):
 
 
 class Precision(enum.StrEnum):
-    """``clip.precision`` / ``refiner.precision``; auto: fp16 on a GPU, fp32 on a CPU."""
+    """``clip.precision`` / ``refiner.precision``; auto: fp16 on a GPU; on a CPU bf16 where it has
+    native bf16 dot products (AVX512_BF16 or AMX), fp32 otherwise. fp16 on a CPU is refused at load
+    (``spr.models.clip.resolve_precision``)."""
 
     AUTO = "auto"
     FP32 = "fp32"
@@ -224,8 +226,14 @@ class ClipConfig:
     model: str = "ViT-L-14"
     pretrained: str = ""
     device: Device = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"
-    precision: Precision = Precision.AUTO  # "auto" (fp16 on GPU, fp32 on CPU), "fp32", "fp16", "bf16"
+    precision: Precision = Precision.AUTO  # "auto" (see Precision), "fp32", "fp16" (GPU only), "bf16"
     batch_size: int = 64
+    # Query texts whose encoding the search service keeps (LRU, per process); 0 = no cache.
+    query_cache_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.query_cache_size < 0:
+            raise ConfigError(f"clip.query_cache_size must be >= 0 (0 = no cache), got {self.query_cache_size}")
 
 
 @dataclass(frozen=True)
@@ -334,7 +342,7 @@ class RefinerConfig:
 
     checkpoint: str = ""
     device: Device = "auto"
-    precision: Precision = Precision.AUTO  # "auto" (fp16 on GPU, fp32 on CPU), "fp32", "fp16", "bf16"
+    precision: Precision = Precision.AUTO  # "auto" (see Precision), "fp32", "fp16" (GPU only), "bf16"
     # Dynamic batching across concurrent queries; 0 = auto: 512 on CPU, 4096 on a GPU, where a
     # 500-proposal batch took 13 ms and the queue, not the model, limited throughput.
     max_batch_proposals: int = 0

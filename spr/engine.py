@@ -377,12 +377,16 @@ class MomentSearch:
 
     # -- search ---------------------------------------------------------------------------------
 
-    def search(self, query: MomentQuery, timeout_s: float | None = None) -> SearchResult:
+    def search(
+        self, query: MomentQuery, timeout_s: float | None = None, arrived_at: float | None = None
+    ) -> SearchResult:
         """The whole query path for one query (raises :class:`SearchRefused` to refuse it).
 
         ``timeout_s``: the caller's time left (a gRPC client's deadline); the refiner then waits
         at most until a reply margin before it (:data:`REPLY_MARGIN_S`), so a late refiner
-        degrades the answer instead of the caller's deadline passing. None: no deadline."""
+        degrades the answer instead of the caller's deadline passing. None: no deadline.
+        ``arrived_at``: when (``time.perf_counter()``) the request arrived, if it then waited
+        for a worker; ``timings_ms.total`` counts from there and ``timings_ms.queue`` is the wait."""
         t_start = time.perf_counter()
         deadline = _reply_deadline(t_start, timeout_s)
         top_k = _bounded("top_k", query.top_k, DEFAULT_TOP_K, MAX_TOP_K)
@@ -397,6 +401,10 @@ class MomentSearch:
         plan = self._plan(query, collection, weights)
 
         timings = {"embed": 0.0, "ann": 0.0, "catalog": 0.0, "proposals": 0.0, "refine": 0.0}
+        if arrived_at is not None and arrived_at <= t_start:
+            # The wait for a worker is part of what the caller waited: total starts there.
+            timings["queue"] = (t_start - arrived_at) * 1e3
+            t_start = arrived_at
         result = SearchResult(collection=collection, timings_ms=timings, modalities=plan, fusion=method.value)
         searched = [m for m in plan if m.searched]
         visual = any(m.modality == VISUAL for m in searched)

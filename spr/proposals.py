@@ -7,14 +7,19 @@ sides (section 4.2), clipped to the video.
 
 All times are in seconds from the start of the video; ranks are 0-based positions in the ANN
 result list. This runs on every query, so everything here is O(n log n) in the number of retrieved
-segments and pure Python.
+segments: :func:`propose_arrays` sorts, groups and cuts runs with numpy and keeps Python for the
+sequential parts only (an adaptive gap's chain, a bounded merge's growth from each seed). The
+first, pure-Python implementation stays as ``_propose_moments_reference``: the tests check that
+both give the same proposals, and the benchmark times both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 __all__ = [
     "AdaptiveGap",
@@ -27,7 +32,9 @@ __all__ = [
     "gap_rule_from_config",
     "Span",
     "pad_proposals",
+    "propose_arrays",
     "propose_moments",
+    "retrieved_segments",
 ]
 
 # Segment boundaries are sums of float seconds (e.g. 3 * 0.1), so a gap that is "exactly" on the
@@ -244,7 +251,263 @@ def propose_moments(
     Proposals are sorted by ``best_rank``; ``max_proposals`` keeps only the first ones.
 
     If a segment id occurs more than once, only its best-ranked occurrence is used.
+    (:func:`propose_arrays` on the segments' fields.)
     """
+    return propose_arrays(
+        [s.segment_id for s in segments],
+        [s.video_key for s in segments],
+        [s.ordinal for s in segments],
+        [s.start_s for s in segments],
+        [s.end_s for s in segments],
+        [s.video_duration_s for s in segments],
+        [s.score for s in segments],
+        [s.rank for s in segments],
+        gap_rule,
+        max_proposals,
+    )
+
+
+def propose_arrays(
+    segment_ids: Sequence[int] | np.ndarray,
+    video_keys: Sequence[str],
+    ordinals: Sequence[int] | np.ndarray,
+    start_s: Sequence[float] | np.ndarray,
+    end_s: Sequence[float] | np.ndarray,
+    video_duration_s: Sequence[float] | np.ndarray,
+    scores: Sequence[float] | np.ndarray,
+    ranks: Sequence[int] | np.ndarray,
+    gap_rule: GapRule = AdjacentOnly(),
+    max_proposals: int | None = None,
+) -> list[Proposal]:
+    """:func:`propose_moments` on the retrieved segments as ``(n,)`` columns (one entry per
+    segment, in any order): the same proposals, computed with numpy where it can be."""
+    if max_proposals is not None and max_proposals < 0:
+        raise ValueError(f"max_proposals must be >= 0 or None, got {max_proposals}")
+    sid = np.asarray(segment_ids, dtype=np.int64).reshape(-1)
+    n = len(sid)
+    if n == 0:
+        return []
+    rank = np.asarray(ranks, dtype=np.int64).reshape(-1)
+    pos = np.arange(n)
+    # Dedupe: each id's best rank (its first occurrence among equals), listed where the id
+    # first occurred, as the reference's dict does.
+    by_id = np.lexsort((pos, rank, sid))
+    first_of_id = np.ones(n, bool)
+    first_of_id[1:] = sid[by_id[1:]] != sid[by_id[:-1]]
+    kept = by_id[first_of_id]  # one row per id: the one that is used
+    by_pos = np.lexsort((pos, sid))  # ... listed at the id's first position
+    first_pos = by_pos[np.r_[True, sid[by_pos[1:]] != sid[by_pos[:-1]]]]
+    # kept and first_pos are both in id order: pair them, then order by first position.
+    order = np.argsort(first_pos, kind="stable")
+    rows = kept[order]  # the deduplicated segments, in the reference's order
+    keys = [video_keys[i] for i in rows.tolist()]
+    codes_of: dict[str, int] = {}
+    video = np.fromiter((codes_of.setdefault(k, len(codes_of)) for k in keys), np.int64, len(keys))
+    names = list(codes_of)
+    ords = np.asarray(ordinals, dtype=np.int64).reshape(-1)[rows]
+    starts = np.asarray(start_s, dtype=np.float64).reshape(-1)[rows]
+    ends = np.asarray(end_s, dtype=np.float64).reshape(-1)[rows]
+    durs = np.asarray(video_duration_s, dtype=np.float64).reshape(-1)[rows]
+    score = np.asarray(scores, dtype=np.float64).reshape(-1)[rows]
+    rank = rank[rows]
+    m = len(rows)
+
+    bounds = gap_rule if isinstance(gap_rule, BoundedMerge) and gap_rule.splits else None
+    score_range = 0.0
+    if bounds is not None:
+        # Best and worst by rank (the first of equals), not by value, as the reference.
+        score_range = max(0.0, float(score[int(np.argmin(rank))] - score[int(np.argmax(rank))]))
+
+    # Time order within each video (ties: rank, then list order); videos in order of appearance.
+    t = np.lexsort((np.arange(m), rank, ords, video))
+    video, ords, starts, ends, durs, score, rank, rows = (
+        video[t], ords[t], starts[t], ends[t], durs[t], score[t], rank[t], rows[t]
+    )
+    new_video = np.r_[True, video[1:] != video[:-1]]
+    group_lo = np.flatnonzero(new_video)
+    group_hi = np.r_[group_lo[1:], m]
+    bad = np.minimum.reduceat(durs, group_lo) != np.maximum.reduceat(durs, group_lo)
+    if bad.any():
+        g = int(np.flatnonzero(bad)[0])
+        durations = {float(d) for d in durs[group_lo[g] : group_hi[g]]}
+        raise ValueError(f"segments of video {names[int(video[group_lo[g]])]!r} disagree on its duration: {sorted(durations)}")
+    # Runs: a new video, or an ordinal more than one past the previous segment's.
+    new_run = new_video.copy()
+    new_run[1:] |= ords[1:] > ords[:-1] + 1
+    run_lo = np.flatnonzero(new_run)
+    run_hi = np.r_[run_lo[1:], m] - 1  # inclusive
+    # A run's span: its first segment's start and last segment's end, clipped to the video.
+    d = durs[run_lo]
+    run_start = np.minimum(np.maximum(0.0, starts[run_lo]), d)
+    run_end = np.maximum(run_start, np.minimum(d, ends[run_hi]))
+    run_new_video = new_video[run_lo]
+
+    # Which runs join the proposal before them (never across videos).
+    rule = gap_rule.rule if isinstance(gap_rule, BoundedMerge) and type(gap_rule).joins is BoundedMerge.joins else gap_rule
+    groups = _joined_runs(rule, run_lo, run_hi, run_start, run_end, run_new_video, ords)
+
+    ids_l, rank_l, score_l = sid[rows].tolist(), rank.tolist(), score.tolist()
+    st_l, en_l, video_l, durs_l = starts.tolist(), ends.tolist(), video.tolist(), durs.tolist()
+    lo_l, hi_l = run_lo.tolist(), run_hi.tolist()
+    proposals: list[Proposal] = []
+    for first_run, last_run, p_start, p_end in groups:
+        lo, hi = lo_l[first_run], hi_l[last_run]
+        key, duration = names[video_l[lo]], durs_l[lo]
+        if bounds is not None and hi > lo:
+            pieces = _split_slice(score_l[lo : hi + 1], rank_l[lo : hi + 1], st_l[lo : hi + 1], en_l[lo : hi + 1],
+                                  bounds, score_range)
+            if len(pieces) > 1:
+                for a, b in pieces:
+                    a, b = lo + a, lo + b
+                    s0 = min(max(0.0, st_l[a]), duration)
+                    e0 = max(s0, min(duration, en_l[b]))
+                    proposals.append(_new_proposal(key, s0, e0, duration, tuple(ids_l[a : b + 1]),
+                                                   tuple(rank_l[a : b + 1]), tuple(score_l[a : b + 1])))
+                continue
+        proposals.append(_new_proposal(key, p_start, p_end, duration, tuple(ids_l[lo : hi + 1]),
+                                       tuple(rank_l[lo : hi + 1]), tuple(score_l[lo : hi + 1])))
+    sort_keys = [(min(p.segment_ranks), p.video_key, p.start_s) for p in proposals]
+    out = [proposals[i] for i in sorted(range(len(proposals)), key=sort_keys.__getitem__)]
+    if max_proposals is not None:
+        del out[max_proposals:]
+    return out
+
+
+def retrieved_segments(
+    segment_ids: Sequence[int],
+    video_keys: Sequence[str],
+    ordinals: Sequence[int],
+    start_s: Sequence[float],
+    end_s: Sequence[float],
+    video_duration_s: Sequence[float],
+    scores: Sequence[float],
+    ranks: Sequence[int],
+) -> list[RetrievedSegment]:
+    """``RetrievedSegment(*fields)`` for each position of the aligned columns, as the
+    constructor builds them; the checks run once over the columns (numpy) instead of once per
+    object, and a column that fails them is built object by object so that the same error is raised."""
+    starts = np.asarray(start_s, dtype=np.float64)
+    ends = np.asarray(end_s, dtype=np.float64)
+    durs = np.asarray(video_duration_s, dtype=np.float64)
+    if len(segment_ids) and (
+        not (ends >= starts).all() or not (durs >= 0).all()
+        or min(ranks) < 0 or min(ordinals) < 0
+    ):
+        return [RetrievedSegment(*row) for row in zip(segment_ids, video_keys, ordinals, start_s, end_s,
+                                                      video_duration_s, scores, ranks)]
+    out = []
+    new = object.__new__
+    for sid, key, ordinal, start, end, duration, score, rank in zip(
+        segment_ids, video_keys, ordinals, start_s, end_s, video_duration_s, scores, ranks
+    ):
+        seg = new(RetrievedSegment)
+        seg.__dict__.update(segment_id=sid, video_key=key, ordinal=ordinal, start_s=start, end_s=end,
+                            video_duration_s=duration, score=score, rank=rank)
+        out.append(seg)
+    return out
+
+
+def _new_proposal(
+    video_key: str, start_s: float, end_s: float, video_duration_s: float,
+    segment_ids: tuple[int, ...], segment_ranks: tuple[int, ...], segment_scores: tuple[float, ...],
+) -> Proposal:
+    """A :class:`Proposal` built without the frozen dataclass's per-field ``__setattr__`` and
+    checks (a third of the merge's time): what :func:`propose_arrays` builds meets them by
+    construction (one or more segments, aligned tuples, ``start_s <= end_s``)."""
+    p = object.__new__(Proposal)
+    p.__dict__.update(
+        video_key=video_key, start_s=start_s, end_s=end_s, video_duration_s=video_duration_s,
+        segment_ids=segment_ids, segment_ranks=segment_ranks, segment_scores=segment_scores,
+    )
+    return p
+
+
+def _joined_runs(
+    rule: GapRule,
+    run_lo: np.ndarray,
+    run_hi: np.ndarray,
+    run_start: np.ndarray,
+    run_end: np.ndarray,
+    run_new_video: np.ndarray,
+    ords: np.ndarray,
+) -> list[tuple[int, int, float, float]]:
+    """``[(first run, last run, start_s, end_s), ...]`` of each proposal before splitting: runs
+    joined by ``rule`` (the adjacent rule and the constant gap in numpy, others run by run)."""
+    r = len(run_lo)
+    if type(rule) in (AdjacentOnly, ConstantGap):
+        joins = np.zeros(r, bool)
+        if type(rule) is ConstantGap and r > 1:
+            missing = ords[run_lo[1:]] - ords[run_hi[:-1]] - 1
+            joins[1:] = missing <= rule.max_missing
+        joins &= ~run_new_video
+        first = np.flatnonzero(~joins)
+        last = np.r_[first[1:], r] - 1
+        starts = np.minimum.reduceat(run_start, first) if r else run_start
+        ends = np.maximum.reduceat(run_end, first) if r else run_end
+        return list(zip(first.tolist(), last.tolist(), starts.tolist(), ends.tolist()))
+    lo_ord, hi_ord = ords[run_lo].tolist(), ords[run_hi].tolist()
+    rs, re_, new_v = run_start.tolist(), run_end.tolist(), run_new_video.tolist()
+    adaptive = type(rule) is AdaptiveGap
+    out: list[tuple[int, int, float, float]] = []
+    first, c_first, c_last, c_start, c_end = 0, lo_ord[0], hi_ord[0], rs[0], re_[0]
+    for i in range(1, r):
+        if new_v[i]:
+            joined = False
+        elif adaptive:
+            joined = rs[i] - c_end <= rule.alpha * ((c_end - c_start) + (re_[i] - rs[i])) + _TIME_TOLERANCE_S
+        else:
+            joined = rule.joins(Span(c_first, c_last, c_start, c_end), Span(lo_ord[i], hi_ord[i], rs[i], re_[i]))
+        if joined:
+            c_last, c_start, c_end = hi_ord[i], min(c_start, rs[i]), max(c_end, re_[i])
+        else:
+            out.append((first, i - 1, c_start, c_end))
+            first, c_first, c_last, c_start, c_end = i, lo_ord[i], hi_ord[i], rs[i], re_[i]
+    out.append((first, r - 1, c_start, c_end))
+    return out
+
+
+def _split_slice(
+    scores: list[float], ranks: list[int], st: list[float], en: list[float], bounds: BoundedMerge, score_range: float
+) -> list[tuple[int, int]]:
+    """The pieces ``[(lo, hi), ...]`` (inclusive, sorted) of one merged proposal's members in
+    time order, as :func:`_split` cuts them."""
+    n = len(scores)
+    window = bounds.score_window * score_range
+    cap = bounds.max_length_s
+    taken = [False] * n
+    pieces: list[tuple[int, int]] = []
+    for seed in sorted(range(n), key=lambda i: (ranks[i], i)):
+        if taken[seed]:
+            continue
+        taken[seed] = True
+        floor = scores[seed] - window
+        lo = hi = seed
+        while True:
+            best: Any = None
+            for j, new_lo, new_hi in ((lo - 1, lo - 1, hi), (hi + 1, lo, hi + 1)):
+                if not 0 <= j < n or taken[j] or scores[j] < floor:
+                    continue
+                if cap > 0 and en[new_hi] - st[new_lo] > cap + _TIME_TOLERANCE_S:
+                    continue
+                option = (-scores[j], j, new_lo, new_hi)
+                if best is None or option < best:
+                    best = option
+            if best is None:
+                break
+            _, j, lo, hi = best  # the better-scoring neighbour first
+            taken[j] = True
+        pieces.append((lo, hi))
+    pieces.sort()
+    return pieces
+
+
+def _propose_moments_reference(
+    segments: Sequence[RetrievedSegment],
+    gap_rule: GapRule = AdjacentOnly(),
+    max_proposals: int | None = None,
+) -> list[Proposal]:
+    """The first, pure-Python :func:`propose_moments`: kept as the specification that
+    :func:`propose_arrays` is tested against, and timed beside it by the benchmark."""
     if max_proposals is not None and max_proposals < 0:
         raise ValueError(f"max_proposals must be >= 0 or None, got {max_proposals}")
 
@@ -281,20 +544,14 @@ def pad_proposals(proposals: Sequence[Proposal], tau_c_s: float = 8.0) -> list[P
     """
     if not tau_c_s >= 0:  # also rejects NaN
         raise ValueError(f"tau_c_s must be >= 0 seconds, got {tau_c_s}")
-    return [
-        # Direct construction rather than dataclasses.replace: about twice as cheap, and
-        # this runs for every proposal of every query.
-        Proposal(
-            video_key=p.video_key,
-            start_s=max(0.0, p.start_s - tau_c_s),
-            end_s=min(p.video_duration_s, p.end_s + tau_c_s),
-            video_duration_s=p.video_duration_s,
-            segment_ids=p.segment_ids,
-            segment_ranks=p.segment_ranks,
-            segment_scores=p.segment_scores,
-        )
-        for p in proposals
-    ]
+    out = []
+    for p in proposals:
+        start_s, end_s = max(0.0, p.start_s - tau_c_s), min(p.video_duration_s, p.end_s + tau_c_s)
+        # Without the dataclass's checks where they hold (this runs for every proposal of
+        # every query); the constructor raises for a proposal that ends past its video.
+        make = _new_proposal if start_s <= end_s else Proposal
+        out.append(make(p.video_key, start_s, end_s, p.video_duration_s, p.segment_ids, p.segment_ranks, p.segment_scores))
+    return out
 
 
 def _dedupe_by_id(segments: Iterable[RetrievedSegment]) -> list[RetrievedSegment]:

@@ -9,13 +9,21 @@ Segments of videos that are not ``ready`` are dropped by the catalog lookup.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .catalog import SegmentCatalog, SegmentLocation
-from .proposals import AdjacentOnly, GapRule, Proposal, RetrievedSegment, pad_proposals, propose_moments
+from .proposals import (
+    AdjacentOnly,
+    GapRule,
+    Proposal,
+    RetrievedSegment,
+    pad_proposals,
+    propose_arrays,
+    retrieved_segments,
+)
 from .stores import SearchParams, VectorStore
 
 
@@ -71,22 +79,37 @@ def propose_from_hits(
     t1 = time.perf_counter()
     locations = catalog.lookup_segments([sid for sid, _ in hits])
     t2 = time.perf_counter()
-    segments = [
-        RetrievedSegment(
-            segment_id=sid,
-            video_key=loc.video_key,
-            ordinal=loc.ordinal,
-            start_s=loc.start_s,
-            end_s=loc.end_s,
-            video_duration_s=loc.video_duration_s,
-            score=score,
-            rank=rank,
-        )
-        for rank, (sid, score) in enumerate(hits)
-        if (loc := locations.get(sid)) is not None
-    ]
-    proposals = propose_moments(segments, gap_rule, max_proposals=max_proposals)
-    padded = pad_proposals(proposals, pad_s)
+    segments, proposals, padded = merge_hits(hits, locations, gap_rule, pad_s, max_proposals)
     t3 = time.perf_counter()
     timings = {"ann": 0.0, "catalog": (t2 - t1) * 1e3, "proposals": (t3 - t2) * 1e3}
     return CoarseResult(proposals, padded, segments, timings, locations)
+
+
+def merge_hits(
+    hits: Sequence[tuple[int, float]],
+    locations: Mapping[int, SegmentLocation],
+    gap_rule: GapRule = AdjacentOnly(),
+    pad_s: float = 8.0,
+    max_proposals: int | None = None,
+) -> tuple[list[RetrievedSegment], list[Proposal], list[Proposal]]:
+    """The proposals stage: ranked ``hits`` joined with their catalog ``locations`` (hits
+    without one dropped) -> ``(segments, proposals, padded)``."""
+    ranks, ids, scores, locs = [], [], [], []
+    for rank, (sid, score) in enumerate(hits):
+        loc = locations.get(sid)
+        if loc is not None:
+            ranks.append(rank)
+            ids.append(sid)
+            scores.append(score)
+            locs.append(loc)
+    keys = [loc.video_key for loc in locs]
+    ordinals = [loc.ordinal for loc in locs]
+    starts = [loc.start_s for loc in locs]
+    ends = [loc.end_s for loc in locs]
+    durations = [loc.video_duration_s for loc in locs]
+    segments = retrieved_segments(ids, keys, ordinals, starts, ends, durations, scores, ranks)
+    # The merge runs on the columns (numpy), not on the segment objects: the same proposals
+    # as propose_moments(segments, ...).
+    proposals = propose_arrays(ids, keys, ordinals, starts, ends, durations, scores, ranks, gap_rule, max_proposals)
+    padded = pad_proposals(proposals, pad_s)
+    return segments, proposals, padded

@@ -15,7 +15,7 @@ import torch
 
 from spr.features import FeatureNotFound, FrameFeatureStore, span_rows
 from spr.segments import segment_rows
-from spr.models.clip import load_clip
+from spr.models.clip import load_clip, resolve_precision
 from spr.models.projector import (
     ProjectorShape,
     build_projectors,
@@ -35,7 +35,9 @@ def frames(n: int, h: int = 48, w: int = 64) -> list[np.ndarray]:
 
 def test_tiny_clip_encodes_frames_and_texts_to_unit_vectors():
     clip = load_clip("spr-tiny", device="cpu")
-    assert clip.random_weights and clip.identity == "spr-tiny/random" and clip.precision == "fp32"
+    # "auto" on a CPU: bf16 where it has native bf16 dot products, fp32 elsewhere.
+    assert clip.random_weights and clip.identity == "spr-tiny/random"
+    assert clip.precision == resolve_precision("auto", "cpu")
     images = clip.encode_frames(frames(5), batch_size=2)
     texts = clip.encode_texts(["a woman walks into a room", "a man follows her"])
     assert images.shape == (5, clip.dim) and texts.shape == (2, clip.dim)

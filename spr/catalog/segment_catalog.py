@@ -12,22 +12,32 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Float,
+    Integer,
     Select,
+    String,
+    Text,
     any_,
     bindparam,
+    cast,
     delete,
     func,
     insert,
+    literal,
     select,
     text,
+    union_all,
     update,
 )
+from sqlalchemy import null as sql_null
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -68,6 +78,8 @@ SUPPORTED_DIALECTS = ("postgresql", "sqlite")
 RUN_COUNTERS = ("videos_total", "videos_done", "videos_skipped", "videos_failed", "segments_written")
 # SQLite caps bound parameters per statement (32766); larger id lists go in chunks.
 _SQLITE_IN_CHUNK = 10_000
+# lookup_segments caches the spans of at most this many segments (16 bytes each, by video).
+LOOKUP_CACHE_SEGMENTS = 4_000_000
 _VIDEO_KEY_MAX = spr_limits.MAX_VIDEO_KEY_LENGTH
 # A video's warnings are for people reading `spr status`: a broken file must not put
 # megabytes into its row.
@@ -83,7 +95,9 @@ class SegmentCatalog:
     """A connection pool onto one catalog database. Thread-safe; every method is its own
     transaction. Open with :meth:`open`, close with :meth:`close` or a ``with`` block."""
 
-    def __init__(self, engine: Engine, insert_batch_rows: int = 10_000) -> None:
+    def __init__(
+        self, engine: Engine, insert_batch_rows: int = 10_000, lookup_cache_segments: int = LOOKUP_CACHE_SEGMENTS
+    ) -> None:
         if engine.dialect.name not in SUPPORTED_DIALECTS:
             raise CatalogError(
                 f"the catalog supports {' and '.join(SUPPORTED_DIALECTS)}, not {engine.dialect.name} "
@@ -100,6 +114,15 @@ class SegmentCatalog:
         if engine.dialect.name == "postgresql":
             self._reader = create_catalog_engine(engine.url, echo=engine.echo, isolation_level="AUTOCOMMIT")
         self._lookup = _lookup_statement(engine.dialect.name)
+        # lookup_segments' cache of segment spans by video (0: off, one joined statement per
+        # lookup as before); bounded by the segments it holds.
+        self._spans = _SpanCache(lookup_cache_segments)
+        self._video_rows = _video_rows_statement(engine.dialect.name)
+        if engine.dialect.name == "postgresql":
+            spans_filter = segments.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
+        else:
+            spans_filter = segments.c.id.in_(bindparam("ids", expanding=True))
+        self._spans_of = select(segments.c.id, segments.c.ordinal, segments.c.start_s, segments.c.end_s).where(spans_filter)
 
     @classmethod
     def open(
@@ -193,6 +216,7 @@ class SegmentCatalog:
             # The filterable pairs follow the metadata in the same transaction.
             conn.execute(delete(video_metadata).where(video_metadata.c.video_id == row["id"]))
             conn.execute(_fill_video_metadata(self.dialect), {"video_id": row["id"]})
+        self._spans.forget(int(row["id"]))
         return video_record(row)
 
     def get_video(self, key: str) -> VideoRecord | None:
@@ -227,14 +251,17 @@ class SegmentCatalog:
 
     def purge_video(self, video_id: int) -> bool:
         """Delete the video row, its segments and their texts; False if there was no such video."""
-        with self._engine.begin() as conn:
-            # ON DELETE CASCADE does this too; saying it keeps purge correct on a SQLite
-            # file opened elsewhere without PRAGMA foreign_keys.
-            conn.execute(_delete_texts(int(video_id)))
-            conn.execute(delete(collection_videos).where(collection_videos.c.video_id == int(video_id)))
-            conn.execute(delete(video_metadata).where(video_metadata.c.video_id == int(video_id)))
-            conn.execute(delete(segments).where(segments.c.video_id == int(video_id)))
-            return conn.execute(delete(videos).where(videos.c.id == int(video_id))).rowcount > 0
+        try:
+            with self._engine.begin() as conn:
+                # ON DELETE CASCADE does this too; saying it keeps purge correct on a SQLite
+                # file opened elsewhere without PRAGMA foreign_keys.
+                conn.execute(_delete_texts(int(video_id)))
+                conn.execute(delete(collection_videos).where(collection_videos.c.video_id == int(video_id)))
+                conn.execute(delete(video_metadata).where(video_metadata.c.video_id == int(video_id)))
+                conn.execute(delete(segments).where(segments.c.video_id == int(video_id)))
+                return conn.execute(delete(videos).where(videos.c.id == int(video_id))).rowcount > 0
+        finally:
+            self._spans.forget(int(video_id))
 
     def segment_counts_by_status(self) -> dict[str, int]:
         """``{video status: segment rows of videos in it}``, every status present: only the
@@ -316,9 +343,12 @@ class SegmentCatalog:
 
     def _set_status(self, video_id: int, status: VideoStatus, error: str | None) -> None:
         stmt = update(videos).where(videos.c.id == int(video_id)).values(status=status.value, error=error)
-        with self._engine.begin() as conn:
-            if conn.execute(stmt).rowcount == 0:
-                raise VideoNotFound(f"no video with id {video_id}")
+        try:
+            with self._engine.begin() as conn:
+                if conn.execute(stmt).rowcount == 0:
+                    raise VideoNotFound(f"no video with id {video_id}")
+        finally:
+            self._spans.forget(int(video_id))
 
     def _one_video(self, where: Any) -> VideoRecord | None:
         with self._engine.connect() as conn:
@@ -373,6 +403,7 @@ class SegmentCatalog:
                 conn.execute(_delete_texts(video_id))
                 conn.execute(delete(segments).where(segments.c.video_id == video_id))
             insert_segment_rows(conn, video_id, ids, ords, starts, ends, self._insert_batch_rows)
+        self._spans.forget(video_id)
         return ids
 
     # --- segment texts -----------------------------------------------------------------------
@@ -475,9 +506,15 @@ class SegmentCatalog:
         (and the -1 padding of search results) are absent; with ``ready_only``, so are
         segments of videos not ``ready``."""
         wanted = np.unique(np.asarray(ids, dtype=np.int64))
-        wanted = wanted[wanted >= 0].tolist()
-        if not wanted:
+        wanted = wanted[wanted >= 0]
+        if not len(wanted):
             return {}
+        if self._spans.enabled and ready_only:
+            return self._lookup_cached(wanted)
+        return self._lookup_joined(wanted.tolist(), ready_only)
+
+    def _lookup_joined(self, wanted: list[int], ready_only: bool) -> dict[int, SegmentLocation]:
+        """The lookup as one joined statement: a row per segment."""
         chunk = len(wanted) if self.dialect == "postgresql" else _SQLITE_IN_CHUNK
         ready = VideoStatus.READY.value
         found: dict[int, SegmentLocation] = {}
@@ -486,6 +523,62 @@ class SegmentCatalog:
                 for *location, status in conn.execute(self._lookup, {"ids": wanted[lo : lo + chunk]}):
                     if status == ready or not ready_only:
                         found[location[0]] = SegmentLocation(*location)
+        return found
+
+    def _lookup_cached(self, wanted: np.ndarray) -> dict[int, SegmentLocation]:
+        """The lookup through the span cache, still one statement (:func:`_video_rows_statement`):
+        a row per video of the hits (status, key, URI and duration always fresh, so a video
+        deleted or hidden by another process disappears at once) plus a row per hit whose span
+        the cache does not know yet. Warm, that is a few video rows instead of ~200 joined
+        segment rows: under 16 threads each row's sqlite3 step let go of the GIL and queued to
+        get it back (the "GIL convoy"), and building the rows in Python was most of the time.
+        Spans are cached under a token of their video's row; when another process changed the
+        video since, its spans are read again (a second statement, only then)."""
+        bits, mask = spr_ids.ORDINAL_BITS, spr_ids.MAX_ORDINAL
+        wanted_l = wanted.tolist()
+        by_video: dict[int, list[int]] = {}
+        for sid in wanted_l:
+            by_video.setdefault(sid >> bits, []).append(sid)
+        epoch = self._spans.epoch
+        unknown = self._spans.unknown(by_video)
+        videos_seen: dict[int, tuple[Any, ...]] = {}
+        fetched: dict[int, list[tuple[int, float, float]]] = {}
+        with self._reader.connect() as conn:
+            for kind, row_id, key, uri, duration_s, status, *rest in conn.execute(
+                self._video_rows, {"ids": list(by_video), "unknown": unknown}
+            ):
+                if kind == 0:
+                    videos_seen[row_id] = (key, uri, duration_s, status, (duration_s, *rest[:3]))
+                else:
+                    fetched.setdefault(row_id >> bits, []).append(tuple(rest[3:]))
+            stale = [
+                video_id for video_id, (*_, status, token) in videos_seen.items()
+                if status == VideoStatus.READY.value and not self._spans.current(video_id, token)
+            ]
+            if stale:
+                # Changed elsewhere since cached: what the cache knew of them is void.
+                asked = set(unknown)
+                refetch = [sid for v in stale for sid in by_video[v] if sid not in asked]
+                unknown += refetch
+                if refetch:
+                    for row_id, ordinal, start_s, end_s in conn.execute(self._spans_of, {"ids": refetch}):
+                        fetched.setdefault(row_id >> bits, []).append((ordinal, start_s, end_s))
+        unknown_set = set(unknown)
+        found: dict[int, SegmentLocation] = {}
+        for video_id, (key, uri, duration_s, status, token) in videos_seen.items():
+            if status != VideoStatus.READY.value:
+                self._spans.drop(video_id)
+                continue
+            sids = by_video[video_id]
+            asked = [sid & mask for sid in sids if sid in unknown_set]
+            starts, ends = self._spans.learn(video_id, token, asked, fetched.get(video_id, ()), epoch)
+            size = len(starts)
+            for sid in sids:
+                ordinal = sid & mask
+                start_s = starts[ordinal] if ordinal < size else None
+                if start_s is None or start_s != start_s:  # never read, or no such segment (NaN)
+                    continue
+                found[sid] = SegmentLocation(sid, video_id, key, uri, ordinal, start_s, ends[ordinal], duration_s)
         return found
 
     # --- collections -------------------------------------------------------------------------
@@ -742,6 +835,159 @@ def _lookup_statement(dialect: str) -> Select[Any]:
         .where(id_filter)
     )
     return stmt
+
+
+def _video_rows_statement(dialect: str) -> Any:
+    """The cached lookup's one statement: ``kind`` 0 rows, one per video id in ``:ids``:
+    ``0, id, key, uri, duration_s, status``, then the spans' token: ``updated_at`` (every write
+    through the catalog stamps it: a re-registration, each status change), the largest segment
+    id of the video and the end of its first segment (index seeks on the segments' primary key),
+    so segments added or replaced with another length show as a new token; and ``kind`` 1 rows,
+    one per segment id in ``:unknown``: ``1, id``, NULLs, then ``ordinal, start_s, end_s``."""
+    if dialect == "postgresql":
+        video_filter = videos.c.id == any_(bindparam("ids", type_=ARRAY(BigInteger)))
+        segment_filter = segments.c.id == any_(bindparam("unknown", type_=ARRAY(BigInteger)))
+    else:
+        video_filter = videos.c.id.in_(bindparam("ids", expanding=True))
+        segment_filter = segments.c.id.in_(bindparam("unknown", expanding=True))
+    first = videos.c.id * (1 << spr_ids.ORDINAL_BITS)
+    last_id = (
+        select(func.max(segments.c.id))
+        .where(segments.c.id >= first, segments.c.id < first + (1 << spr_ids.ORDINAL_BITS))
+        .scalar_subquery()
+    )
+    first_end = select(segments.c.end_s).where(segments.c.id == first).scalar_subquery()
+    null = sql_null
+    video_rows = select(
+        literal(0).label("kind"), videos.c.id, videos.c.key, videos.c.uri, videos.c.duration_s, videos.c.status,
+        videos.c.updated_at, last_id.label("last_id"), first_end.label("first_end"),
+        cast(null(), Integer).label("ordinal"), cast(null(), Float).label("start_s"), cast(null(), Float).label("end_s"),
+    ).where(video_filter)
+    segment_rows = select(
+        literal(1), segments.c.id, cast(null(), String), cast(null(), Text), cast(null(), Float), cast(null(), String),
+        cast(null(), videos.c.updated_at.type), cast(null(), BigInteger), cast(null(), Float),
+        segments.c.ordinal, segments.c.start_s, segments.c.end_s,
+    ).where(segment_filter)
+    return union_all(video_rows, segment_rows)
+
+
+class _Spans:
+    """What the cache knows of one video's segment spans, by ordinal: ``start_s[o]`` is None
+    while never read, NaN where the video has no segment ``o``; read under the ``token`` of
+    the video row. Entries only ever go from None to a value: a lookup reading them while
+    another fills others needs no lock, and another token makes a new object."""
+
+    __slots__ = ("token", "start_s", "end_s")
+
+    def __init__(self, token: tuple[Any, ...]) -> None:
+        self.token = token
+        self.start_s: list[float | None] = []
+        self.end_s: list[float] = []
+
+    @property
+    def size(self) -> int:
+        return max(1, len(self.start_s))
+
+    def grow(self, top: int) -> None:
+        if top >= len(self.start_s):
+            more = max(top + 1, 2 * len(self.start_s)) - len(self.start_s)
+            self.start_s.extend([None] * more)
+            self.end_s.extend([_NAN] * more)
+
+
+_NAN = float("nan")
+
+
+class _SpanCache:
+    """Spans by video id, least recently used out first beyond ``max_segments`` (ordinals
+    covered). Writes of this process :meth:`forget` the video; what a lookup read before a
+    forget (``epoch``) is not stored, so a lookup racing a write never keeps what it replaced."""
+
+    def __init__(self, max_segments: int) -> None:
+        self.max_segments = int(max_segments)
+        self._videos: OrderedDict[int, _Spans] = OrderedDict()
+        self._held = 0
+        self._epoch = 0
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_segments > 0
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def __len__(self) -> int:
+        return len(self._videos)
+
+    def unknown(self, by_video: Mapping[int, Sequence[int]]) -> list[int]:
+        """The segment ids (grouped by video id) whose span the cache does not know, under any token."""
+        mask = spr_ids.MAX_ORDINAL
+        out: list[int] = []
+        with self._lock:
+            for video_id, sids in by_video.items():
+                spans = self._videos.get(video_id)
+                if spans is None:
+                    out.extend(sids)
+                    continue
+                starts, size = spans.start_s, len(spans.start_s)
+                out.extend(sid for sid in sids if (sid & mask) >= size or starts[sid & mask] is None)
+        return out
+
+    def current(self, video_id: int, token: tuple[Any, ...]) -> bool:
+        """False when the cache holds spans of ``video_id`` under another token."""
+        with self._lock:
+            spans = self._videos.get(video_id)
+            return spans is None or spans.token == token
+
+    def learn(
+        self, video_id: int, token: tuple[Any, ...], asked: Sequence[int], rows: Sequence[tuple[int, float, float]],
+        epoch: int,
+    ) -> tuple[list[float | None], list[float]]:
+        """The video's ``(start_s, end_s)`` lists by ordinal, with ``rows`` (``(ordinal, start_s,
+        end_s)``, read for the ``asked`` ordinals it did not know: the rest of those have no
+        segment) added; kept in the cache unless a write of this process came in between."""
+        with self._lock:
+            spans = self._videos.get(video_id)
+            if spans is not None and spans.token == token and not asked:
+                self._videos.move_to_end(video_id)
+                return spans.start_s, spans.end_s
+            keep = epoch == self._epoch
+            if spans is None or spans.token != token or not keep:
+                fresh = _Spans(token)
+            else:
+                fresh = spans
+            if asked:
+                fresh.grow(max(asked))
+                for ordinal in asked:
+                    if fresh.start_s[ordinal] is None:
+                        fresh.start_s[ordinal] = _NAN
+            for ordinal, start_s, end_s in rows:
+                fresh.grow(ordinal)
+                fresh.start_s[ordinal], fresh.end_s[ordinal] = start_s, end_s
+            if keep and fresh.size <= self.max_segments:
+                old = self._videos.pop(video_id, None)
+                self._held += fresh.size - (old.size if old is not None else 0)
+                self._videos[video_id] = fresh
+                while self._held > self.max_segments and self._videos:
+                    _, gone = self._videos.popitem(last=False)
+                    self._held -= gone.size
+            return fresh.start_s, fresh.end_s
+
+    def drop(self, video_id: int) -> None:
+        """Evict ``video_id`` (seen not ready), without voiding lookups in flight."""
+        with self._lock:
+            old = self._videos.pop(video_id, None)
+            if old is not None:
+                self._held -= old.size
+
+    def forget(self, video_id: int) -> None:
+        with self._lock:
+            self._epoch += 1
+            old = self._videos.pop(video_id, None)
+            if old is not None:
+                self._held -= old.size
 
 
 class InvalidMetadataFilter(ValueError):

@@ -13,12 +13,13 @@ configs of :mod:`spr.models.registry`; open_clip skips them (they lack its archi
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -67,13 +68,123 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def resolve_precision(precision: str, device: str) -> str:
-    """``"auto"`` -> fp16 on a GPU, fp32 on a CPU (half matmuls are slow or missing there)."""
-    if precision == "auto":
-        return "fp16" if device.startswith("cuda") else "fp32"
-    if precision not in ("fp32", "fp16", "bf16"):
+# The /proc/cpuinfo flags of native bf16 dot products (VDPBF16PS, AMX tiles). Without them
+# torch emulates bf16 matmuls on a CPU: measured 7x slower than fp32 on an AVX2-only machine
+# (bench/bench_refiner.py), against about 3x faster with AVX512_BF16.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags of this machine (the first ``flags`` line of ``cpuinfo``; empty
+    where there is none, e.g. off Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16(flags: Iterable[str]) -> bool:
+    """Whether a CPU with these ``/proc/cpuinfo`` flags has native bf16 dot products."""
+    return not NATIVE_BF16_FLAGS.isdisjoint(flags)
+
+
+def _is_cpu(device: str) -> bool:
+    return device.split(":", 1)[0] == "cpu"
+
+
+def resolve_precision(precision: str, device: str, flags: Iterable[str] | None = None) -> str:
+    """The precision to run at on ``device``: ``"auto"`` -> fp16 on a GPU; on a CPU bf16 where
+    it has native bf16 dot products (``flags``: the CPU's ``/proc/cpuinfo`` flags, this
+    machine's when None), fp32 otherwise. fp16 on a CPU is refused (ValueError): torch has no
+    fast half kernels there."""
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+    if not _is_cpu(device):
+        if precision == "auto":
+            return "fp16" if device.startswith("cuda") else "fp32"
+        return precision
+    native_bf16 = cpu_has_native_bf16(cpu_flags() if flags is None else flags)
+    if precision == "auto":
+        return "bf16" if native_bf16 else "fp32"
+    if precision == "fp16":
+        raise ValueError(
+            "precision fp16 is refused on a CPU (torch has no fast half kernels there); use fp32, "
+            "bf16 where the CPU has AVX512_BF16 or AMX, or auto to pick between them"
+        )
+    if precision == "bf16" and not native_bf16:
+        log.warning(
+            "precision bf16 on a CPU without AVX512_BF16 or AMX: torch emulates it, expect it to be "
+            "several times slower than fp32 (auto picks fp32 here)"
+        )
     return precision
+
+
+@dataclass
+class _CausalTextTower:
+    """An open_clip text tower whose end-of-text output depends only on the tokens up to it: a
+    causal attention mask and pooling at the EOT position. ``owner`` is the module holding the
+    tower's parts (``CLIP`` itself, or ``CustomTextCLIP.text``); they are read from it on every
+    call, so a model moved to another device after loading is followed."""
+
+    owner: Any
+    pool_type: str  # "argmax" (EOT has the largest id) or "eos" (the tokenizer's eos id)
+    eos_id: int | None
+
+    @classmethod
+    def of(cls, model: Any) -> "_CausalTextTower | None":
+        """The tower of ``model`` (open_clip ``CLIP``, or ``CustomTextCLIP`` with its own
+        ``TextTransformer``), or None where the shortcut would change the feature: no causal
+        mask (bidirectional towers such as SigLIP's), pooling that is not at EOT, an appended
+        class token (CoCa), a padding mask or a Hugging Face tower."""
+        text = getattr(model, "text", None)
+        if text is None:
+            owner, pool_type, eos_id = model, getattr(model, "text_pool_type", None), getattr(model, "text_eos_id", None)
+        else:
+            owner, pool_type, eos_id = text, getattr(text, "pool_type", None), getattr(text, "eos_id", None)
+            if getattr(text, "cls_emb", None) is not None or getattr(text, "use_pad_mask", False):
+                return None
+        needed = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection", "attn_mask")
+        if not all(hasattr(owner, name) for name in needed) or owner.attn_mask is None:
+            return None
+        if pool_type not in ("argmax", "eos") or (pool_type == "eos" and eos_id is None):
+            return None
+        return cls(owner, pool_type, eos_id)
+
+    @property
+    def transformer(self) -> Any:
+        return self.owner.transformer
+
+    def ends(self, tokens: Any) -> Any:
+        """``(B, C)`` token ids -> ``(B,)`` EOT positions, found as open_clip's pooling finds them."""
+        if self.pool_type == "argmax":
+            return tokens.argmax(dim=-1)
+        return (tokens == self.eos_id).int().argmax(dim=-1)
+
+    def encode(self, tokens: Any, ends: Any) -> Any:
+        """``(B, L)`` token ids (each row's EOT at ``ends`` < L) -> ``(B, dim)`` unnormalised
+        features: open_clip's ``encode_text`` over L positions instead of the context length.
+        The causal mask keeps every position from seeing later ones, so what follows a row's EOT
+        (padding, another row's longer query) never reaches its EOT output."""
+        import torch
+
+        tower, length = self.owner, tokens.shape[1]
+        cast_dtype = tower.transformer.get_cast_dtype()
+        x = tower.token_embedding(tokens).to(cast_dtype)  # (B, L, width)
+        x = x + tower.positional_embedding[:length].to(cast_dtype)
+        x = tower.transformer(x, attn_mask=tower.attn_mask[:length, :length])
+        x = tower.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), ends]  # (B, width)
+        projection = tower.text_projection
+        if projection is None:
+            return x
+        if isinstance(projection, torch.nn.Linear):
+            return projection(x)
+        return x @ projection
 
 
 @dataclass
@@ -90,6 +201,8 @@ class ClipEncoder:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dim: int
+    # The causal text tower, found on first use (None: this model needs the full-context pass).
+    _tower: Any = field(default=False, init=False, repr=False, compare=False)
 
     @property
     def random_weights(self) -> bool:
@@ -149,21 +262,53 @@ class ClipEncoder:
         with torch.inference_mode():
             for lo in range(0, len(frames), batch_size):
                 pixels = self.preprocess(frames[lo : lo + batch_size])
-                feats = self.model.encode_image(pixels, normalize=True)
-                outs.append(feats.float().cpu().numpy())
+                # Normalised in fp32: a bf16/fp16 tower's own normalisation leaves norms
+                # 1 +- 3e-3, which shows in cosine scores and in tests of unit vectors.
+                feats = self.model.encode_image(pixels)
+                outs.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
         return np.concatenate(outs)
 
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+    @property
+    def text_tower(self) -> _CausalTextTower | None:
+        """The text tower's modules when it can run on a query's real tokens only (causal, EOT
+        pooling), else None."""
+        if self._tower is False:
+            self._tower = _CausalTextTower.of(self.model)
+        return self._tower
+
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 0, full_context: bool = False) -> np.ndarray:
         """Queries -> L2-normalised text features ``(N, dim)`` float32 (the [EOS] token of the
-        last layer, projected: open_clip's ``encode_text``)."""
+        last layer, projected: open_clip's ``encode_text``).
+
+        CLIP's text Transformer is causal, so the EOT output depends only on the tokens up to
+        it: each forward pass runs the queries' real tokens only, padded to the longest in the
+        pass, not the whole context (77 positions for ViT-L-14). Queries are sorted by token
+        count and passed ``batch_size`` at a time (0: all at once), so short ones are not padded
+        to a long one's length. ``full_context`` runs open_clip's own full-length pass (the
+        reference the shortcut is tested against); models whose tower is not causal or does not
+        pool at EOT always take it."""
         import torch
 
         if len(texts) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
         with torch.inference_mode():
-            tokens = self.tokenizer(list(texts)).to(self.device)
-            feats = self.model.encode_text(tokens, normalize=True)
-        return feats.float().cpu().numpy()
+            tokens = self.tokenizer(list(texts)).to(self.device)  # (N, context_length)
+            tower = None if full_context else self.text_tower
+            if tower is None:
+                step = batch_size or len(tokens)
+                feats = torch.cat([self.model.encode_text(tokens[i : i + step]) for i in range(0, len(tokens), step)])
+                return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
+            ends = tower.ends(tokens)  # (N,)
+            order = torch.argsort(ends, stable=True)
+            out = torch.empty((len(tokens), self.dim), dtype=torch.float32, device=tokens.device)
+            step = batch_size or len(tokens)
+            for lo in range(0, len(order), step):
+                rows = order[lo : lo + step]
+                row_ends = ends[rows]
+                length = int(row_ends.max()) + 1
+                feats = tower.encode(tokens[rows, :length], row_ends)
+                out[rows] = torch.nn.functional.normalize(feats.float(), dim=-1)
+        return out.cpu().numpy()
 
 
 def load_clip(

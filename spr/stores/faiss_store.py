@@ -18,6 +18,13 @@ when faiss-gpu sees one; persistence is always the CPU index.
 
 One process owns a store directory; readers in other processes see what was last flushed
 when they open it.
+
+Concurrency: searches share a reader/writer lock (:class:`spr.locks.RWLock`), so concurrent
+queries run side by side (Faiss search is safe for concurrent readers and releases the GIL);
+writes (upsert, delete, train, build_index, retrain, drop, refresh, close) take it alone, so a
+search never sees a half-applied write. ``flush`` writes the files under the read lock plus a
+persist lock: searches go on while an index is written out. The GPU clone, which Faiss does not
+let threads share, is searched one query at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -34,6 +43,7 @@ from typing import Sequence
 import faiss
 import numpy as np
 
+from ..locks import RWLock
 from .base import (
     CollectionExists,
     CollectionInfo,
@@ -159,7 +169,17 @@ class FaissStore:
 
     backend = "faiss"
 
-    def __init__(self, root: str | os.PathLike[str], threads: int = 1, use_gpu: bool = True, train_points_per_list: int = 64):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        threads: int = 1,
+        use_gpu: bool = True,
+        train_points_per_list: int = 64,
+        exclusive_search: bool = False,
+    ):
+        """``threads``: OpenMP threads per search (0: Faiss's default, every core, in each
+        searching thread at once). ``exclusive_search``: searches take the lock alone, one at a
+        time, as before the reader/writer lock (kept for the benchmark's side-by-side run)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.train_points_per_list = train_points_per_list
@@ -168,7 +188,11 @@ class FaissStore:
         if threads > 0:
             faiss.omp_set_num_threads(threads)
         self._collections: dict[str, _Collection] = {}
-        self._lock = threading.RLock()
+        self._lock = RWLock()
+        self._exclusive_search = exclusive_search
+        # flush writes files under the read lock: one persist at a time.
+        self._persist_lock = threading.Lock()
+        self._gpu_lock = threading.Lock()
 
     def holds(self, record: BackendTagged) -> bool:
         return record.backend == self.backend
@@ -179,7 +203,7 @@ class FaissStore:
         check_collection_name(name)
         metric = check_metric(metric)
         check_dimension(index, dim)
-        with self._lock:
+        with self._lock.write():
             if self.has_collection(name):
                 existing = self._get(name)
                 if (existing.dim, existing.metric, existing.spec) != (dim, metric, index):
@@ -205,20 +229,22 @@ class FaissStore:
         return sorted(on_disk | set(self._collections))
 
     def describe(self, name: str) -> CollectionInfo:
-        return self._get(name).info()
+        with self._reading(name) as coll:
+            return coll.info()
 
     def count(self, name: str) -> int:
-        return self._get(name).count
+        with self._reading(name) as coll:
+            return coll.count
 
     def drop_collection(self, name: str) -> None:
-        with self._lock:
+        with self._lock.write():
             self._collections.pop(name, None)
             shutil.rmtree(self.root / name, ignore_errors=True)
 
     # -- writes ------------------------------------------------------------------------
 
     def upsert(self, name: str, ids: np.ndarray, vectors: np.ndarray, video_keys: Sequence[str]) -> int:
-        with self._lock:
+        with self._lock.write():
             coll = self._get(name)
             ids, vectors = check_vectors(ids, vectors, video_keys, coll.dim)
             if len(ids) == 0:
@@ -235,20 +261,20 @@ class FaissStore:
             return len(ids)
 
     def delete_videos(self, name: str, video_keys: Sequence[str]) -> None:
-        with self._lock:
+        with self._lock.write():
             coll = self._get(name)
             codes = [coll.key_codes[k] for k in video_keys if k in coll.key_codes]
             if codes:
                 self._remove(coll, np.isin(coll.owners, codes))
 
     def delete_ids(self, name: str, ids: np.ndarray) -> None:
-        with self._lock:
+        with self._lock.write():
             coll = self._get(name)
             self._remove(coll, np.isin(coll.ids, np.asarray(ids, dtype=np.int64)))
 
     def train(self, name: str) -> None:
         """Train an IVF collection now on what it holds (at least ``min_train_points``)."""
-        with self._lock:
+        with self._lock.write():
             coll = self._get(name)
             if coll.pending is None:
                 return
@@ -263,7 +289,7 @@ class FaissStore:
     def build_index(self, name: str) -> None:
         """Train an untrained IVF collection now (:meth:`train`), or retrain an IVF_FLAT one that
         has grown to ``RETRAIN_GROWTH`` times its training set; Flat and HNSW need nothing."""
-        with self._lock:
+        with self._lock.write():
             coll = self._get(name)
             if coll.pending is not None:
                 self.train(name)
@@ -278,7 +304,7 @@ class FaissStore:
         """Train the IVF index again on a uniform sample of everything the collection holds
         (``spr reindex``); False for Flat and HNSW, which have nothing to train. IVF_PQ vectors
         are rebuilt from their codes, so its new codebooks learn from the old approximations."""
-        with self._lock:
+        with self._lock.write():
             coll = self._get(name)
             if not isinstance(coll.spec, (IvfFlat, IvfPq)):
                 return False
@@ -290,8 +316,7 @@ class FaissStore:
 
     def index_state(self, name: str) -> IndexState:
         """How much of ``name`` its index covers; an untrained IVF collection is searched exactly."""
-        with self._lock:
-            coll = self._get(name)
+        with self._reading(name) as coll:
             if coll.pending is None:
                 return IndexState(coll.count, coll.count, trained_on=coll.trained_on)
             return IndexState(
@@ -305,13 +330,14 @@ class FaissStore:
         self.flush(name)
 
     def flush(self, name: str) -> None:
-        with self._lock:
-            coll = self._get(name)
+        # Writing files only reads the collection: searches go on, writers wait (read lock);
+        # the persist lock keeps two flushes from writing generations at once.
+        with self._reading(name) as coll, self._persist_lock:
             if coll.dirty:
                 self._persist(coll)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock.write():
             for coll in self._collections.values():
                 if coll.dirty:
                     self._persist(coll)
@@ -331,8 +357,7 @@ class FaissStore:
             # OpenMP's thread count is per calling thread: a search from a pool or gRPC thread
             # would use every core (measured: 136 ms instead of 26 ms for 1M x 384 FLAT).
             faiss.omp_set_num_threads(self._threads)
-        with self._lock:
-            coll = self._get(name)
+        with self._reading(name, exclusive=self._exclusive_search) as coll:
             queries = check_queries(queries, coll.dim, k)
             selector = None
             if video_keys is not None:
@@ -359,9 +384,11 @@ class FaissStore:
         if main and selector is None and self._gpus and coll.gpu_index is not None:
             use = coll.gpu_index
             nprobe = effective_search(coll.spec, params).nprobe
-            if nprobe is not None:
-                faiss.GpuParameterSpace().set_index_parameter(use, "nprobe", nprobe)
-            scores, ids = use.search(queries, k)
+            # GPU indexes are not safe for concurrent use, and nprobe is set on the index.
+            with self._gpu_lock:
+                if nprobe is not None:
+                    faiss.GpuParameterSpace().set_index_parameter(use, "nprobe", nprobe)
+                scores, ids = use.search(queries, k)
         elif isinstance(index, faiss.IndexIDMap2) and isinstance(coll.spec, Hnsw) and main:
             # IDMap's search forwards params, but HNSW parameters must reach the inner index.
             scores, ids = index.search(queries, k, params=sp)
@@ -374,23 +401,44 @@ class FaissStore:
         service beside an ingest); returns their names. Collections with unflushed writes of
         this process are left alone. Costs one small file read per loaded collection."""
         reloaded = []
-        with self._lock:
-            for name, coll in list(self._collections.items()):
-                if coll.dirty:
-                    continue
-                on_disk = _read_current(self.root / name)
-                if not on_disk:
+        with self._lock.read():
+            loaded = [(name, coll, coll.generation) for name, coll in self._collections.items() if not coll.dirty]
+        for name, coll, generation in loaded:
+            on_disk = _read_current(self.root / name)
+            if on_disk == generation:
+                continue
+            fresh = None
+            if on_disk:
+                # Read outside the lock: loading a large index takes seconds, searches go on.
+                try:
+                    fresh = self._load(name)
+                except FileNotFoundError:
+                    continue  # a writer swapped generations mid-read: next refresh
+            with self._lock.write():
+                if self._collections.get(name) is not coll or coll.dirty or coll.generation != generation:
+                    continue  # changed here meanwhile: this process's copy wins
+                if fresh is None:
                     del self._collections[name]  # dropped elsewhere
-                    reloaded.append(name)
-                elif on_disk != coll.generation:
-                    try:
-                        self._collections[name] = self._load(name)
-                    except FileNotFoundError:
-                        continue  # a writer swapped generations mid-read: next refresh
-                    reloaded.append(name)
+                else:
+                    self._collections[name] = fresh
+                reloaded.append(name)
         return reloaded
 
     # -- internals ---------------------------------------------------------------------
+
+    @contextmanager
+    def _reading(self, name: str, exclusive: bool = False) -> Iterator[_Collection]:
+        """Collection ``name`` under the read lock (the write lock with ``exclusive``); one not
+        loaded yet is loaded first under the write lock (loading changes the store's map)."""
+        while True:
+            with self._lock.write() if exclusive else self._lock.read():
+                coll = self._collections.get(name)
+                if coll is not None:
+                    yield coll
+                    return
+            with self._lock.write():
+                self._get(name)  # CollectionNotFound when there is none
+            # Dropped again before we read it: the next turn loads it or raises.
 
     def _get(self, name: str) -> _Collection:
         coll = self._collections.get(name)
