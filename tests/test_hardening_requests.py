@@ -45,31 +45,9 @@ from test_search_service import DIM, PLANTED_KEY, Corpus, make_config, publish_c
 # --- services --------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Corpus:
-    return publish_corpus(make_config(tmp_path_factory.mktemp("hardening-requests")))
-
-
-@pytest.fixture(scope="module")
-def refiner_target(corpus: Corpus) -> Iterator[str]:
-    from spr.refine.service import serve_refiner
-
-    server, port = serve_refiner(corpus.config, port=0)
-    yield f"127.0.0.1:{port}"
-    server.stop(0).wait()
-
-
-@pytest.fixture(scope="module")
-def search_target(corpus: Corpus, refiner_target: str) -> Iterator[str]:
-    server, port = serve_search(corpus.config, port=0, refiner_target=refiner_target)
-    yield f"127.0.0.1:{port}"
-    server.stop(0).wait()
-
-
-@pytest.fixture(scope="module")
-def client(search_target: str) -> Iterator[SearchClient]:
-    with SearchClient(search_target, timeout_s=120) as c:
-        yield c
+# The search service's own fixtures (a module-scoped corpus, refiner, service and client of this
+# module's own: pytest makes one of each per module that uses them).
+from test_search_service import client, corpus, refiner_target, search_target  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
