@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from spr.cpu import native_bf16
+
 
 def frames_per_s(model: str, precision: str, batch: int, device: str, seconds: float) -> float:
     import torch
@@ -150,10 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cpu: {cpu_description()}")
     device = resolve_device(args.device)
     print(f"precision auto on {device}: {resolve_precision('auto', device)} "
-          f"(native bf16 dot products: {'yes' if cpu_has_native_bf16(cpu_flags()) else 'no'})")
+          f"(native bf16 dot products: {'yes' if native_bf16() else 'no'})")
     if args.text_models:
         precisions = args.text_precisions or (
-            ["fp32", "bf16"] if device.startswith("cuda") or cpu_has_native_bf16(cpu_flags()) else ["fp32"]
+            ["fp32", "bf16"] if device.startswith("cuda") or native_bf16() else ["fp32"]
         )
         queries, reference = text_queries(args.text_queries), {}
         print(f"\ntext tower, batch 1, {len(queries)} queries x {args.text_reps}; cos: the lowest cosine to the fp32 full-context feature")

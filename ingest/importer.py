@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from spr.catalog import SegmentCatalog, VideoStatus
+from spr.catalog import SegmentCatalog, VideoRecord, VideoStatus
 from spr.config import Config
 from spr.features import VISUAL, FrameFeatureStore, TimedFeatures
 from spr.limits import MAX_VIDEO_KEY_LENGTH
@@ -81,6 +81,7 @@ __all__ = [
     "TrackImportSummary",
     "feature_digest",
     "import_features",
+    "import_flush_rule",
     "open_source",
     "read_manifest",
     "read_videos",
@@ -98,6 +99,70 @@ FLOAT16_MAX = 65504.0  # the feature store keeps float16
 # Videos whose features are read before the collection's dimension is fixed: the most common
 # dimension among them wins, so one odd file first in the listing cannot fail all the others.
 _DIM_VOTERS = 8
+
+
+# Videos read per catalog round trip of the unchanged check.
+ROWS_PER_READ = 512
+# Videos the reader thread may have read ahead of the writer (bulk mode).
+READ_AHEAD = 256
+
+
+def _read_ahead(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """``items`` as they come, produced on a thread of their own at most ``depth`` ahead of
+    the consumer; the producer's exception is re-raised here, and a consumer that stops early
+    (an exception in the writer) stops the producer."""
+    import queue
+    import threading
+
+    done = object()
+    buffer: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((True, done))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            buffer.put((False, exc))
+
+    thread = threading.Thread(target=produce, name="import-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = buffer.get()
+            if not ok:
+                raise item
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full buffer
+            try:
+                buffer.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.05)
+
+
+def import_flush_rule(config: Config) -> FlushRule:
+    """When an import publishes its queue: each batch three times what is out so far (16, 48,
+    192, 768, ... videos, from ``ingest.write_batch_videos``) up to 512 MiB of queued features
+    and embeddings, so a 147K-segment import (7,342 TVR videos) is 6-8 batches, each one catalog
+    transaction, one upsert and one flush: a Faiss flush rewrites the whole index, a Milvus
+    flush took 2.5 s whatever its size (measured: 7 of 33 s of a 20K-segment import at growth
+    1). A crash still loses at most one batch, which stays ``pending`` and the re-run redoes."""
+    return FlushRule(
+        min_videos=max(1, int(config.ingest.write_batch_videos)), growth=3.0, max_bytes=512 << 20, max_wait_s=60.0
+    )
 
 
 class ImportInputError(ValueError):
@@ -421,6 +486,10 @@ class ImportOptions:
     # background; Faiss trains or retrains IVF here), so an eval right after searches it.
     wait_for_index: bool = True
     index_timeout_s: float = 1800.0
+    # Publish in bulk (:mod:`.bulk_publish`, doubling batches); False: video by video through
+    # spr.publish.publish_videos in the writer's batches, as before (kept for the benchmark's
+    # side-by-side run, bench/bench_bulk.py).
+    bulk: bool = True
 
 
 @dataclass(frozen=True)
@@ -646,13 +715,16 @@ class _ImportRun:
         self.in_dim: int | None = None
         self.texts: list[_TextTrack] = list(texts)
         self.index_spec = index_spec_from_config(config.vectors.index)
+        # The catalog rows of the videos being read (by key), for the unchanged check.
+        self._rows: dict[str, VideoRecord] = {}
         for text in self.texts:
             self._check_track_collection(text)
         self.writer = VideoWriter(
             catalog, store, summary.collection, self.length_s,
             None if options.segments else FrameFeatureStore.from_config(config), self.feature_model,
-            FlushRule.from_config(config), on_published=self._published, on_failed=self._failed,
-            on_skipped=summary.skipped.append,
+            import_flush_rule(config) if options.bulk else FlushRule.from_config(config),
+            on_published=self._published, on_failed=self._failed, on_skipped=summary.skipped.append,
+            publish=self._publish_batch if options.bulk else None,
             text_collections=existing_track_collections(self.catalog, self.store, self.summary.collection),
             ensure_track=self._ensure_track,
         )
@@ -680,17 +752,62 @@ class _ImportRun:
 
     def _items(self, videos: Iterator[ImportedVideo | RejectedVideo], total: int) -> Iterator[ReaderItem]:
         """The feature-file reader: each video checked and embedded into the writer's item;
-        a progress report every ``progress_every`` videos."""
-        s, every = self.summary, self.options.progress_every
-        for processed, video in enumerate(videos, start=1):
-            yield self._item(video)
-            if every > 0 and processed % every == 0:
-                self.writer.report_counts()
-                if self.progress is not None:
-                    # Queued videos count as imported: they are published with their batch.
-                    imported = len(s.imported) + len(self.writer.queue)
-                    elapsed = time.perf_counter() - self.t0
-                    self.progress(ImportProgress(processed, total, imported, len(s.skipped), len(s.failed), elapsed))
+        a progress report every ``progress_every`` videos. The catalog rows that tell an
+        unchanged video are read :data:`ROWS_PER_READ` videos at a time, not one by one.
+
+        In bulk mode the reading runs ahead on a thread of its own (at most
+        :data:`READ_AHEAD` items), so that the next videos are read, hashed and embedded while
+        the writer publishes a batch (its catalog, feature and vector writes mostly wait on
+        disk or run outside the GIL)."""
+        every = self.options.progress_every
+        made = self._made(videos)
+        if self.options.bulk:
+            made = _read_ahead(made, READ_AHEAD)
+        for processed, item in enumerate(made, start=1):
+            yield item
+            self._progress(processed, total, every)
+
+    def _made(self, videos: Iterator[ImportedVideo | RejectedVideo]) -> Iterator[ReaderItem]:
+        while chunk := list(itertools.islice(videos, ROWS_PER_READ)):
+            self._rows = self._catalog_rows([v.key for v in chunk if isinstance(v, ImportedVideo)])
+            for video in chunk:
+                yield self._item(video)
+        self._rows = {}
+
+    def _catalog_rows(self, keys: Sequence[str]) -> dict[str, VideoRecord]:
+        from spr.catalog.bulk import video_rows_by_key
+        from spr.catalog.records import video_record
+
+        if self.options.force or not keys:
+            return {}  # nothing is skipped
+        with self.catalog.engine.connect() as conn:
+            return {key: video_record(row) for key, row in video_rows_by_key(conn, keys).items()}
+
+    def _publish_batch(self, payloads: Sequence[VideoPayload]) -> None:
+        """The writer's publish step (:func:`.bulk_publish.publish_batch`), after making the
+        text collections its videos need (as the writer's own step does)."""
+        from .bulk_publish import publish_batch
+
+        collections = self.writer.text_collections
+        for payload in payloads:
+            for track, text in payload.texts.items():
+                if track not in collections:
+                    collections[track] = self._ensure_track(track, int(text.embeddings.shape[1]), text.model)
+        publish_batch(
+            self.catalog, self.store, self.summary.collection, payloads, self.length_s, self.writer.feature_store,
+            self.feature_model, collections,
+        )
+
+    def _progress(self, processed: int, total: int, every: int) -> None:
+        if every <= 0 or processed % every:
+            return
+        s = self.summary
+        self.writer.report_counts()
+        if self.progress is not None:
+            # Queued videos count as imported: they are published with their batch.
+            imported = len(s.imported) + len(self.writer.queue)
+            elapsed = time.perf_counter() - self.t0
+            self.progress(ImportProgress(processed, total, imported, len(s.skipped), len(s.failed), elapsed))
 
     def _item(self, item: ImportedVideo | RejectedVideo) -> ReaderItem:
         if isinstance(item, RejectedVideo):
@@ -777,7 +894,7 @@ class _ImportRun:
 
     def _unchanged(self, video: ImportedVideo, digest: str, provenance: dict[str, Any]) -> bool:
         """True when the ready row already holds exactly what this import would write."""
-        row = self.catalog.get_video(video.key)
+        row = self._rows.get(video.key)
         if row is None or row.status != VideoStatus.READY.value or row.content_hash != digest:
             return False
         before = row.metadata.get("import") or {}

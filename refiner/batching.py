@@ -47,6 +47,7 @@ __all__ = [
     "pad_features",
     "pad_features_on",
     "plan_chunks",
+    "plan_row_chunks",
 ]
 
 
@@ -64,6 +65,21 @@ def plan_chunks(lengths: np.ndarray, max_padded_frames: int) -> list[np.ndarray]
         size = max(1, max_padded_frames // width)
         chunks.append(order[lo : lo + size])
         lo += size
+    return chunks
+
+
+def plan_row_chunks(lengths: np.ndarray, max_rows: int) -> list[np.ndarray]:
+    """Split proposals of ``lengths`` ``(P,)`` into consecutive index chunks of at most
+    ``max_rows`` rows in all (at least one proposal each): unpadded work needs no sorting."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    chunks, lo, total = [], 0, 0
+    for i, n in enumerate(lengths.tolist()):
+        if i > lo and total + n > max_rows:
+            chunks.append(np.arange(lo, i))
+            lo, total = i, 0
+        total += n
+    if lo < len(lengths):
+        chunks.append(np.arange(lo, len(lengths)))
     return chunks
 
 
@@ -104,6 +120,13 @@ class RefineWork:
     features: Sequence[np.ndarray]
     query_projected: bool = False
     modality: str = VISUAL
+    # True: ``features`` are a windowed refiner's precomputed context rows ``(T_i, 2 dim)``
+    # (:meth:`SPRClipRefiner.refine_context`), not CLIP frame features.
+    context: bool = False
+    # Context work only: spans are computed for the ``top_k`` best proposals by score, ties by
+    # ``ranks`` (the coarse ranks; default the input order), the rest get -1; 0 = all.
+    top_k: int = 0
+    ranks: Sequence[int] | None = None
 
     @property
     def proposals(self) -> int:
@@ -113,7 +136,7 @@ class RefineWork:
 @dataclass
 class ScoredSpans:
     """One work item's scored frame spans, arrays ``(P_item,)`` in its proposal order: ``scores`` float32,
-    ``start_idx``/``end_idx`` int64 inclusive frame indices; and the batch it rode in:
+    ``start_idx``/``end_idx`` int64 inclusive frame indices (-1 past a context work's ``top_k``); and the batch it rode in:
     ``batch_proposals``/``batch_queries``, ``queue_ms`` (submit to batch start) and ``model_ms``
     (the batch's padding, transfer, forward and copy back)."""
 
@@ -124,6 +147,20 @@ class ScoredSpans:
     batch_queries: int
     queue_ms: float
     model_ms: float
+
+
+def _top_k_proposals(works: Sequence[RefineWork], scores: np.ndarray) -> np.ndarray:
+    """Indices (into the batch's proposals, ascending) of each context work's ``top_k`` best
+    proposals by score, ties by rank: the order the moments are served in."""
+    picked, lo = [], 0
+    for w in works:
+        hi = lo + w.proposals
+        if w.context:
+            ranks = np.arange(w.proposals) if w.ranks is None else np.asarray(w.ranks)
+            order = np.lexsort((ranks, -scores[lo:hi]))
+            picked.append(lo + np.sort(order[: w.top_k] if w.top_k else order))
+        lo = hi
+    return np.concatenate(picked) if picked else np.empty(0, np.int64)
 
 
 class BatcherClosed(RuntimeError):
@@ -222,11 +259,18 @@ class DynamicBatcher:
         expected_q = self.model.query_dim(work.query_projected)
         if query.shape != (expected_q,):
             raise ValueError(f"query must have shape ({expected_q},), got {query.shape}")
+        if work.context != self.model.windowed:
+            raise ValueError(
+                f"the refiner ({self.model.name}) takes precomputed context rows (its frame context is windowed)"
+                if self.model.windowed
+                else f"the refiner ({self.model.name}) runs online over each proposal; it takes frame features"
+            )
+        width = 2 * shape.dim if work.context else shape.in_dim
         for i, feats in enumerate(work.features):
-            if feats.ndim != 2 or feats.shape[1] != shape.in_dim or not 1 <= len(feats) <= shape.max_frames:
+            if feats.ndim != 2 or feats.shape[1] != width or not 1 <= len(feats) <= shape.max_frames:
+                what = "context rows" if work.context else "features"
                 raise ValueError(
-                    f"proposal {i}: features must be (T, {shape.in_dim}) with 1 <= T <= {shape.max_frames}, "
-                    f"got {feats.shape}"
+                    f"proposal {i}: {what} must be (T, {width}) with 1 <= T <= {shape.max_frames}, got {feats.shape}"
                 )
 
     # --- the batching thread ---------------------------------------------------------------
@@ -301,7 +345,39 @@ class DynamicBatcher:
         scores = np.empty(len(features), dtype=np.float32)
         start_idx = np.empty(len(features), dtype=np.int64)
         end_idx = np.empty(len(features), dtype=np.int64)
-        for chunk in plan_chunks(lengths, self.max_batch_frames):
+        is_context = np.repeat([w.context for w in works], [w.proposals for w in works])
+        if is_context.any():
+            rows = np.flatnonzero(is_context)
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            d = model.shape.dim
+
+            def halves(picked: np.ndarray, half: slice) -> torch.Tensor:
+                # One half of the context rows as one contiguous block, in the compute type.
+                return torch.from_numpy(np.concatenate([features[i][:, half] for i in picked])).to(device, dtype)
+
+            with self._autocast():
+                for chunk in plan_row_chunks(lengths[rows], self.max_batch_frames):
+                    picked = rows[chunk]
+                    scores[picked] = model.context_scores(
+                        query_embeddings, halves(picked, slice(0, d)),
+                        torch.from_numpy(lengths[picked]).to(device), torch.from_numpy(query_index[picked]).to(device),
+                    ).cpu().numpy()
+                # Boundaries only where they will be returned: each query's top_k by score.
+                start_idx[rows] = end_idx[rows] = -1
+                wanted = _top_k_proposals(works, scores)
+                for chunk in plan_row_chunks(lengths[wanted], self.max_batch_frames):
+                    picked = wanted[chunk]
+                    s_idx, e_idx = model.context_spans(
+                        query_embeddings, halves(picked, slice(0, d)), halves(picked, slice(d, 2 * d)),
+                        torch.from_numpy(lengths[picked]).to(device), torch.from_numpy(query_index[picked]).to(device),
+                    )
+                    start_idx[picked] = s_idx.cpu().numpy()
+                    end_idx[picked] = e_idx.cpu().numpy()
+            if is_context.all():
+                return scores, start_idx, end_idx
+        online = np.flatnonzero(~is_context)
+        for part in plan_chunks(lengths[online], self.max_batch_frames):
+            chunk = online[part]
             frames, mask = pad_features_on([features[i] for i in chunk], device)
             with self._autocast():
                 result = model.refine_embedded(

@@ -3,7 +3,8 @@ that ``spr eval`` refines with and that the refiner's gRPC service serves.
 
 Per call: check the request, read each candidate's per-time-step features for its span (one file
 open per distinct video, videos read in parallel on ``read_pool``), drop candidates whose video
-has none (deleted meanwhile), run the rest through the shared
+has none (deleted meanwhile); a windowed refiner reads its precomputed context rows instead
+(:mod:`refiner.context`; computed from the frames where missing or stale); run the rest through the shared
 :class:`~spr.refine.batching.DynamicBatcher` (concurrent calls share forward passes), and place
 the refined frame spans in seconds inside each padded span, best first
 (:func:`spr.models.refiner.place_refined`).
@@ -25,12 +26,19 @@ from typing import Any
 
 import numpy as np
 
-from spr.features import FrameFeatures, FrameFeatureStore
-from spr.limits import MAX_REFINE_PROPOSALS, REFINE_WAIT_S, default_batch_proposals
-from spr.models.refiner import SPRClipRefiner, load_refiner, place_refined
+from spr.features import FeatureNotFound, FrameFeatures, FrameFeatureStore
+from spr.limits import (
+    MAX_REFINE_PROPOSALS,
+    REFINE_WAIT_S,
+    default_batch_frames,
+    default_batch_proposals,
+    default_batch_wait_ms,
+)
+from spr.models.refiner import CONTEXT_MODALITY, SPRClipRefiner, load_refiner, place_refined
 from spr.refinement import VISUAL, Moment, RefineCandidate, RefineFailed, Refinement, RefineRequest, RefinerLoadError
 
 from .batching import MODEL_MODALITIES, BatcherClosed, DynamicBatcher, RefineWork, ScoredSpans
+from .context import contexts_for_spans, usable_context
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,9 @@ def load_model(config: Any, in_dim: int) -> SPRClipRefiner:
 
 
 def start_batcher(config: Any, model: SPRClipRefiner, metrics: Any = None) -> DynamicBatcher:
-    """The dynamic batcher of ``model`` with ``config.refiner``'s batching and precision
-    (``max_batch_proposals`` 0: :func:`spr.limits.default_batch_proposals` of its device)."""
+    """The dynamic batcher of ``model`` with ``config.refiner``'s batching and precision (auto
+    values: :func:`spr.limits.default_batch_proposals`, ``default_batch_wait_ms`` and
+    ``default_batch_frames`` of its device)."""
     from spr.models.clip import resolve_precision
 
     rc = config.refiner
@@ -72,8 +81,8 @@ def start_batcher(config: Any, model: SPRClipRefiner, metrics: Any = None) -> Dy
     return DynamicBatcher(
         model,
         rc.max_batch_proposals or default_batch_proposals(device),
-        rc.max_wait_ms,
-        rc.max_batch_frames,
+        default_batch_wait_ms(device) if rc.max_wait_ms < 0 else rc.max_wait_ms,
+        rc.max_batch_frames or default_batch_frames(device),
         resolve_precision(rc.precision, device),
         metrics=metrics,
     )
@@ -161,23 +170,42 @@ class InProcessRefiner:
         query = self._check_request(request)
         if not request.candidates:
             return self._answer([], 0, None, {})
-        kept, features = self._read_features(request)
+        model = self.model
+        if model is not None and model.windowed:
+            kept, features, rows, context_ms = self._read_context(model, request)
+        else:
+            kept, features = self._read_features(request)
+            rows = None
         timings = {"features": (time.perf_counter() - started) * 1e3}
         dropped = len(request.candidates) - len(kept)
         if not kept:
             timings["total"] = (time.perf_counter() - started) * 1e3
             return self._answer([], dropped, None, timings)
         batcher = self._ready_batcher(features[0].features.shape[1], request, timings)
-        self._check_features(batcher.model, kept, features)
-        work = RefineWork(query, [f.features for f in features], request.query_projected, request.modality)
+        if batcher.model.windowed and rows is None:  # the first call of a lazily started refiner
+            kept, features, rows, context_ms = self._read_context(batcher.model, request)
+        self._check_features(batcher.model, kept, features, rows is not None)
+        computed = 0
+        if rows is not None:
+            work = RefineWork(
+                query, rows, request.query_projected, request.modality, context=True,
+                top_k=request.top_k, ranks=[c.coarse_rank for c in kept],
+            )
+            computed = sum(f.model != "context" for f in features)
+            if computed:
+                timings["context"] = context_ms
+        else:
+            work = RefineWork(query, [f.features for f in features], request.query_projected, request.modality)
         scored = self._score(batcher, work, timeout_s)
-        moments = _placed_moments(kept, features, scored)
+        moments = _placed_moments(kept, features, scored, request.top_k)
         timings["queue"] = scored.queue_ms
         timings["model"] = scored.model_ms
         timings["total"] = (time.perf_counter() - started) * 1e3
-        return self._answer(moments, dropped, scored, timings)
+        return self._answer(moments, dropped, scored, timings, computed)
 
-    def _answer(self, moments: list[Moment], dropped: int, scored: ScoredSpans | None, timings: dict) -> Refinement:
+    def _answer(
+        self, moments: list[Moment], dropped: int, scored: ScoredSpans | None, timings: dict, context_computed: int = 0
+    ) -> Refinement:
         model = self.model
         return Refinement(
             moments=moments,
@@ -187,6 +215,7 @@ class InProcessRefiner:
             batch_proposals=scored.batch_proposals if scored is not None else 0,
             batch_queries=scored.batch_queries if scored is not None else 0,
             timings_ms=timings,
+            context_computed=context_computed,
         )
 
     def _check_request(self, request: RefineRequest) -> np.ndarray:
@@ -207,6 +236,8 @@ class InProcessRefiner:
                 )
         if not np.isfinite(query).all():
             raise RefineFailed("invalid", "query contains NaN or infinity")
+        if not 0 <= request.top_k <= self.max_proposals:
+            raise RefineFailed("invalid", f"top_k must be in [0, {self.max_proposals}] (0: one moment per proposal), got {request.top_k}")
         if len(request.candidates) > self.max_proposals:
             raise RefineFailed("invalid", f"{len(request.candidates)} proposals in one call; at most {self.max_proposals}")
         for i, c in enumerate(request.candidates):
@@ -231,6 +262,64 @@ class InProcessRefiner:
             log.warning("dropped proposals of videos without frame features", extra={"video_ids": missing[:20]})
         kept = [(c, f) for c, f in zip(candidates, read) if f is not None]
         return [c for c, _ in kept], [f for _, f in kept]
+
+    def _read_context(
+        self, model: SPRClipRefiner, request: RefineRequest
+    ) -> tuple[list[RefineCandidate], list[FrameFeatures], list[np.ndarray], float]:
+        """A windowed refiner's inputs: the candidates whose video still has features, where
+        each lies (``FrameFeatures`` of its rows; ``model`` "context" where the stored rows were
+        used), its context rows ``(T_i, 2 dim)``, and the milliseconds spent computing rows. Stored rows are used where they carry this
+        model's version; the others are computed from the frames around the span, and rows of
+        other weights are never used (``spr refiner precompute`` makes them current)."""
+        candidates = request.candidates
+        spans = [(c.video_id, c.start_s, c.end_s) for c in candidates]
+        try:
+            stored = self.features.read_many(spans, missing="none", pool=self.read_pool, modality=CONTEXT_MODALITY)
+            todo = [i for i, f in enumerate(stored) if not usable_context(model, f)]
+            visual: list[FrameFeatures | None] = []
+            if todo:
+                visual = read_proposal_features(self.features, [spans[i] for i in todo], self.read_pool)
+            found = [f for f in visual if f is not None]
+            if found:
+                self._check_features(model, [candidates[i] for i, f in zip(todo, visual) if f is not None], found)
+            t0 = time.perf_counter()
+            computed = iter(contexts_for_spans(model, self.features, found, self.read_pool, self._autocast_dtype()))
+            context_ms = (time.perf_counter() - t0) * 1e3
+        except (OSError, FeatureNotFound) as exc:  # object store or disk trouble: worth a retry elsewhere
+            log.exception("cannot read frame context")
+            raise RefineFailed("unavailable", f"cannot read frame features or context: {exc}") from None
+        fallback = dict(zip(todo, visual))
+        stale = sorted({candidates[i].video_id for i in todo if stored[i] is not None})
+        if stale:
+            log.warning(
+                "refiner context rows of other weights ignored and recomputed from frames; run `spr refiner precompute`",
+                extra={"video_ids": stale[:20], "version": model.context_version()},
+            )
+        missing = sorted({candidates[i].video_id for i, f in fallback.items() if f is None})
+        if missing:
+            log.warning("dropped proposals of videos without frame features", extra={"video_ids": missing[:20]})
+        kept, where, rows = [], [], []
+        for i, c in enumerate(candidates):
+            if i in fallback:
+                f = fallback[i]
+                if f is None:
+                    continue
+                kept.append(c)
+                where.append(f)
+                rows.append(next(computed))
+            else:
+                f = stored[i]
+                kept.append(c)
+                where.append(FrameFeatures(f.video_id, f.features, f.rate, f.first_s, "context"))
+                rows.append(f.features)
+        return kept, where, rows, context_ms
+
+    def _autocast_dtype(self) -> "torch.dtype | None":
+        """The serving precision's autocast dtype (None for fp32), for rows computed here."""
+        import torch
+
+        precision = self._batcher.precision if self._batcher is not None else "fp32"
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
     def _ready_batcher(self, in_dim: int, request: RefineRequest, timings: dict[str, float]) -> DynamicBatcher:
         """The running batcher; a lazily started one is started here (the time this call waited
@@ -264,17 +353,20 @@ class InProcessRefiner:
             raise RefinerLoadError(f"the refiner ({model.name}) takes {expected}-d {kind}; the queries give {got}-d")
         warm = np.zeros(expected, dtype=np.float32)
         warm[0] = 1.0
-        frames = [np.zeros((_WARM_UP_FRAMES, in_dim), dtype=np.float16)]
-        batcher.refine(RefineWork(warm, frames, request.query_projected, request.modality))
+        width = 2 * model.shape.dim if model.windowed else in_dim
+        frames = [np.zeros((_WARM_UP_FRAMES, width), dtype=np.float16)]
+        batcher.refine(RefineWork(warm, frames, request.query_projected, request.modality, context=model.windowed))
+        if model.windowed:
+            model.context_version()  # digest the weights now, not in the first query
         return batcher
 
     @staticmethod
     def _check_features(
-        model: SPRClipRefiner, kept: Sequence[RefineCandidate], features: Sequence[FrameFeatures]
+        model: SPRClipRefiner, kept: Sequence[RefineCandidate], features: Sequence[FrameFeatures], context: bool = False
     ) -> None:
         shape = model.shape
         for c, f in zip(kept, features):
-            if f.features.shape[1] != shape.in_dim:
+            if not context and f.features.shape[1] != shape.in_dim:
                 raise RefineFailed(
                     "precondition",
                     f"video {c.video_id} has {f.features.shape[1]}-d frame features, the refiner expects "
@@ -305,10 +397,10 @@ class InProcessRefiner:
 
 
 def _placed_moments(
-    candidates: Sequence[RefineCandidate], features: Sequence[FrameFeatures], scored: ScoredSpans
+    candidates: Sequence[RefineCandidate], features: Sequence[FrameFeatures], scored: ScoredSpans, top_k: int = 0
 ) -> list[Moment]:
     """Frame spans -> seconds inside each padded span and its video; moments best first (ties
-    by coarse rank)."""
+    by coarse rank), the first ``top_k`` of them (0: all)."""
     start_s, end_s, order = place_refined(
         scored.start_idx,
         scored.end_idx,
@@ -320,6 +412,9 @@ def _placed_moments(
         np.array([c.video_duration_s for c in candidates]),
         np.array([c.coarse_rank for c in candidates]),
     )
+    order = [i for i in order if scored.start_idx[i] >= 0]  # a windowed refiner spans only its top_k
+    if top_k:
+        order = order[:top_k]
     return [
         Moment(
             video_key=candidates[i].video_key,

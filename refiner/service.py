@@ -189,7 +189,9 @@ def serve_refiner(
             "tls": bool(config.security.tls_cert),
             "token": bool(config.security.token),
             "max_batch_proposals": batcher.max_batch_proposals,
-            "max_wait_ms": config.refiner.max_wait_ms,
+            "max_wait_ms": batcher.max_wait_s * 1000.0,
+            "max_batch_frames": batcher.max_batch_frames,
+            "context_window": model.shape.context_window,
             "metrics_port": server.metrics_port,
         },
     )

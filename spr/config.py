@@ -227,11 +227,21 @@ class ClipConfig:
     pretrained: str = ""
     device: Device = "auto"  # "auto" (cuda when present), "cpu", "cuda", "cuda:1"
     precision: Precision = Precision.AUTO  # "auto" (see Precision), "fp32", "fp16" (GPU only), "bf16"
+    # The text tower's precision (frames keep ``precision``): "auto", "fp32", "fp16" (GPU only),
+    # "bf16", or "int8" (CPU only: torch dynamic quantization of its linear layers). auto: int8
+    # on a CPU when ``precision`` is auto (the fastest there, with or without native bf16:
+    # docs/benchmarks.md, "Text tower precision"), else ``precision``'s choice
+    # (spr.models.clip.resolve_text_precision).
+    text_precision: str = "auto"
     batch_size: int = 64
     # Query texts whose encoding the search service keeps (LRU, per process); 0 = no cache.
     query_cache_size: int = 1024
 
     def __post_init__(self) -> None:
+        if self.text_precision not in ("auto", "fp32", "fp16", "bf16", "int8"):
+            raise ConfigError(
+                f"clip.text_precision must be auto, fp32, fp16, bf16 or int8, got {self.text_precision!r}"
+            )
         if self.query_cache_size < 0:
             raise ConfigError(f"clip.query_cache_size must be >= 0 (0 = no cache), got {self.query_cache_size}")
 
@@ -343,14 +353,24 @@ class RefinerConfig:
     checkpoint: str = ""
     device: Device = "auto"
     precision: Precision = Precision.AUTO  # "auto" (see Precision), "fp32", "fp16" (GPU only), "bf16"
-    # Dynamic batching across concurrent queries; 0 = auto: 512 on CPU, 4096 on a GPU, where a
-    # 500-proposal batch took 13 ms and the queue, not the model, limited throughput.
+    # Dynamic batching across concurrent queries; 0 = auto: 4096 on a GPU, where a 500-proposal
+    # batch took 13 ms and the queue, not the model, limited throughput; 128 (about one query)
+    # on a CPU, where a batch shares no work between queries and only makes each wait longer.
     max_batch_proposals: int = 0
-    max_wait_ms: float = 2.0
-    # Padded frames per forward pass (proposals x longest): bounds memory on long proposals.
-    max_batch_frames: int = 65536
+    # How long a batch waits for more queries; -1 = auto: 2 ms on a GPU, 0 on a CPU (same reason).
+    max_wait_ms: float = -1.0
+    # Padded frames per forward pass (proposals x longest) of an online refiner; 0 = auto: 65536
+    # on a GPU (bounds memory), 1024 on a CPU, where proposals are then cut into length buckets
+    # instead of all padded to the longest (1.5 s -> 0.9 s fp32 for 100 proposals).
+    max_batch_frames: int = 0
     workers: int = 32  # concurrent RPCs
     timeout_ms: float = 2000.0  # the search service's deadline for a refine call
+
+    def __post_init__(self) -> None:
+        if self.max_batch_proposals < 0 or self.max_batch_frames < 0:
+            raise ConfigError("refiner.max_batch_proposals and refiner.max_batch_frames must be >= 0 (0 = auto)")
+        if not (self.max_wait_ms >= 0 or self.max_wait_ms == -1):
+            raise ConfigError(f"refiner.max_wait_ms must be >= 0 milliseconds, or -1 (auto), got {self.max_wait_ms}")
 
 
 @dataclass(frozen=True)

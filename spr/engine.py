@@ -60,7 +60,7 @@ from spr.ids import MAX_ORDINAL, segment_id, split_segment_id
 from spr.limits import DEFAULT_TOP_K, MAX_REFINE_PROPOSALS, MAX_SEGMENTS_K, MAX_TEXT_CHARS, MAX_TOP_K
 from spr.proposals import GapRule, Proposal, gap_rule_from_config
 from spr.refinement import Moment, RefineCandidate, RefineFailed, Refinement, Refiner, RefineRequest
-from spr.retrieval import CoarseResult, propose_from_hits
+from spr.retrieval import CoarseResult, propose_from_hits, propose_from_hits_many
 from spr.stores import CollectionNotFound, SearchParams, VectorStore, index_spec_to_dict, l2_normalize
 from spr.stores.base import check_collection_name
 from spr.text_tracks import TEXT_TRACKS, track_collection
@@ -82,6 +82,7 @@ __all__ = [
     "ModalitySearch",
     "MomentQuery",
     "MomentSearch",
+    "PreparedSearch",
     "SearchRefused",
     "SearchResult",
     "UnknownCollection",
@@ -239,6 +240,39 @@ class SearchResult:
         return bool(self.degraded_reason)
 
 
+@dataclass
+class PreparedSearch:
+    """A search between its two halves (:meth:`MomentSearch.prepare_many`, then
+    :meth:`MomentSearch.complete`): the checked ``query``, its ``result`` so far (``coarse`` set
+    once the coarse half ran), the ``encoded`` visual query (None when the visual modality is
+    not searched) and what the rest needs. ``finished``: filters matched no video, so the
+    result is final as it is."""
+
+    query: MomentQuery
+    result: SearchResult
+    encoded: EncodedQuery | None
+    top_k: int
+    segments_k: int
+    params: SearchParams | None
+    video_keys: list[str] | None
+    searched: list[ModalitySearch]
+    method: FusionMethod
+    t_start: float
+    deadline: float | None
+    finished: bool = False
+    contributions: dict[int, tuple[Contribution, ...]] = field(default_factory=dict)
+
+    @property
+    def batchable(self) -> bool:
+        """Searches the visual modality alone, with an embedding: its ANN call can be shared."""
+        return (
+            not self.finished
+            and self.encoded is not None
+            and len(self.searched) == 1
+            and self.searched[0].modality == VISUAL
+        )
+
+
 @dataclass(frozen=True)
 class CollectionSummary:
     """One collection as the catalog registered it and the store sees it; ``vectors`` is -1 when
@@ -387,6 +421,81 @@ class MomentSearch:
         degrades the answer instead of the caller's deadline passing. None: no deadline.
         ``arrived_at``: when (``time.perf_counter()``) the request arrived, if it then waited
         for a worker; ``timings_ms.total`` counts from there and ``timings_ms.queue`` is the wait."""
+        prepared = self._begin(query, timeout_s, arrived_at)
+        if not prepared.finished:
+            lists = self._search_modalities(
+                query, prepared.searched, prepared.encoded, prepared.segments_k, prepared.params,
+                prepared.video_keys, prepared.result.timings_ms,
+            )
+            hits = self._fuse(prepared, lists)
+            self._propose(prepared, propose_from_hits(self.catalog, hits, self.gap_rule, self.config.proposals.pad_s))
+        return self.complete(prepared)
+
+    def search_many(self, queries: Sequence[MomentQuery]) -> list[SearchResult]:
+        """``[self.search(q) for q in queries]``, the same answers, with the coarse half batched
+        (:meth:`prepare_many`); refinement and snippets run per query, one after the other
+        (:meth:`complete` them on a thread pool instead to let the refiner batch them)."""
+        return [self.complete(p) for p in self.prepare_many(queries)]
+
+    def prepare_many(self, queries: Sequence[MomentQuery]) -> list["PreparedSearch"]:
+        """The coarse half of each of ``queries`` (ANN, fusion, catalog, proposals), batched:
+        the queries that search the visual modality alone with an embedding, of one collection,
+        ``segments_k``, search breadth and video filter, share one ``store.search`` of their
+        ``(B, dim)`` embeddings; every query's hits share one catalog lookup (of the union of
+        their segment ids). Other queries (text tracks, fusion) search as :meth:`search` does.
+        Each query's ``timings_ms.ann`` and ``catalog`` are its share of the shared calls (the
+        call's time over the queries in it), ``ann_batch`` the number of queries in its ANN
+        call. Refuses (raises :class:`SearchRefused`) as :meth:`search` would, for the first
+        query it refuses. Finish each with :meth:`complete` (thread-safe; the refiner batches
+        concurrent ones)."""
+        prepared = [self._begin(q, None, None) for q in queries]
+        open_ = [p for p in prepared if not p.finished]
+        groups: dict[tuple[Any, ...], list[PreparedSearch]] = {}
+        hits_of: dict[int, list[tuple[int, float]]] = {}
+        for p in open_:
+            if p.batchable:
+                key = (p.searched[0].collection, p.segments_k, p.params, None if p.video_keys is None else tuple(p.video_keys))
+                groups.setdefault(key, []).append(p)
+            else:
+                lists = self._search_modalities(
+                    p.query, p.searched, p.encoded, p.segments_k, p.params, p.video_keys, p.result.timings_ms
+                )
+                hits_of[id(p)] = self._fuse(p, lists)
+        for group in groups.values():
+            for p, hits in zip(group, self._search_visual_batch(group)):
+                hits_of[id(p)] = self._fuse(p, {VISUAL: hits})
+        coarse = propose_from_hits_many(
+            self.catalog, [hits_of[id(p)] for p in open_], self.gap_rule, self.config.proposals.pad_s
+        )
+        for p, c in zip(open_, coarse):
+            self._propose(p, c)
+        return prepared
+
+    def complete(self, prepared: "PreparedSearch") -> SearchResult:
+        """The rest of a prepared search: refinement (when asked and possible) and snippets."""
+        result, query, coarse = prepared.result, prepared.query, prepared.result.coarse
+        if prepared.finished or coarse is None:
+            return _finish(result, prepared.t_start)
+        timings = result.timings_ms
+        refinement = None
+        if prepared.encoded is not None:
+            refinement = self._refine(query, prepared.encoded, coarse, result, prepared.deadline, prepared.top_k)
+        elif query.refine is not False and self.refiner is not None and coarse.padded:
+            # The refiner scores frames against the CLIP query: without the visual modality it
+            # would re-rank what speech or subtitles found by a modality that was left out.
+            result.refine_note = "not refined: refinement is visual and the visual modality was not searched"
+        if refinement is not None:
+            moments = list(refinement.moments[: prepared.top_k])
+            result.refined = True
+        else:
+            moments = coarse_moments(coarse, prepared.top_k)
+        t0 = time.perf_counter()
+        result.moments = self._annotate(moments, coarse, prepared.contributions)
+        timings["snippets"] = (time.perf_counter() - t0) * 1e3
+        return _finish(result, prepared.t_start)
+
+    def _begin(self, query: MomentQuery, timeout_s: float | None, arrived_at: float | None) -> "PreparedSearch":
+        """Checks, the plan, the query encoding and the video filter of one search."""
         t_start = time.perf_counter()
         deadline = _reply_deadline(t_start, timeout_s)
         top_k = _bounded("top_k", query.top_k, DEFAULT_TOP_K, MAX_TOP_K)
@@ -412,12 +521,40 @@ class MomentSearch:
         result.random_weights = visual and self.random_weights
         timings["embed"] = encoded.embed_ms if encoded is not None else 0.0
         video_keys = self._video_filter(query, timings)
-        if video_keys is not None and not video_keys:
-            # Filters that match no video: nothing to search, and nothing has failed.
-            return _finish(result, t_start)
+        # Filters that match no video: nothing to search, and nothing has failed.
+        finished = video_keys is not None and not video_keys
+        return PreparedSearch(
+            query, result, encoded, top_k, segments_k, params, video_keys, searched, method, t_start, deadline, finished
+        )
 
-        lists = self._search_modalities(query, searched, encoded, segments_k, params, video_keys, timings)
-        result.modalities = [dataclasses.replace(m, hits=len(lists.get(m.modality, ()))) for m in plan]
+    def _search_visual_batch(self, group: Sequence["PreparedSearch"]) -> list[list[tuple[int, float]]]:
+        """One ``store.search`` for the embeddings of ``group`` (queries of one collection,
+        ``segments_k``, params and video filter that search the visual modality alone): each
+        one's hits under ``fusion.min_score_visual`` dropped, and its share of the call's time."""
+        first = group[0]
+        name = first.searched[0].collection
+        embeddings = np.stack([np.asarray(p.encoded.embedding, dtype=np.float32) for p in group])
+        t0 = time.perf_counter()
+        try:
+            found = self.store.search(name, embeddings, first.segments_k, first.params, first.video_keys)
+        except CollectionNotFound as exc:
+            self._forget(name)  # dropped since we cached its shape
+            raise UnknownCollection(str(exc)) from None
+        share_ms = (time.perf_counter() - t0) * 1e3 / len(group)
+        floor = float(getattr(self.config.fusion, f"min_score_{VISUAL}", -math.inf))
+        out = []
+        for row, p in enumerate(group):
+            out.append([(sid, score) for sid, score in found.hits(row) if score >= floor])
+            timings = p.result.timings_ms
+            timings[f"ann.{VISUAL}"] = timings["ann"] = share_ms
+            timings["ann_batch"] = float(len(group))
+        return out
+
+    def _fuse(self, prepared: "PreparedSearch", lists: Mapping[Modality, list[tuple[int, float]]]) -> list[tuple[int, float]]:
+        """The searched modalities' hits as one ranked list (fused when more than one); sets
+        the prepared search's per-segment contributions and the modalities' hit counts."""
+        result, searched = prepared.result, prepared.searched
+        result.modalities = [dataclasses.replace(m, hits=len(lists.get(m.modality, ()))) for m in result.modalities]
         t0 = time.perf_counter()
         if len(searched) == 1:
             only = searched[0].modality
@@ -426,35 +563,23 @@ class MomentSearch:
         else:
             # The text tracks share the sentence encoder, so their scores compare directly.
             groups = {m: "text" for m in TEXT_TRACKS}
-            fused = fuse(method.value, lists, {m.modality: m.weight for m in searched}, self.config.fusion.rrf_k, groups)
-            fused = fused[:segments_k]
+            fused = fuse(
+                prepared.method.value, lists, {m.modality: m.weight for m in searched}, self.config.fusion.rrf_k, groups
+            )
+            fused = fused[: prepared.segments_k]
             hits = [(h.segment_id, h.score) for h in fused]
             contributions = {h.segment_id: h.contributions for h in fused}
-        timings["fusion"] = (time.perf_counter() - t0) * 1e3
+        result.timings_ms["fusion"] = (time.perf_counter() - t0) * 1e3
+        prepared.contributions = contributions
+        return hits
 
-        coarse = propose_from_hits(self.catalog, hits, self.gap_rule, self.config.proposals.pad_s)
-        timings["catalog"] = coarse.timings_ms["catalog"]
-        timings["proposals"] = coarse.timings_ms["proposals"]
+    def _propose(self, prepared: "PreparedSearch", coarse: CoarseResult) -> None:
+        result = prepared.result
+        result.timings_ms["catalog"] = coarse.timings_ms["catalog"]
+        result.timings_ms["proposals"] = coarse.timings_ms["proposals"]
         result.coarse = coarse
-        result.segments_retrieved = len(coarse.segments)
+        result.segments_retrieved = coarse.segment_count
         result.proposals = len(coarse.proposals)
-
-        refinement = None
-        if encoded is not None:
-            refinement = self._refine(query, encoded, coarse, result, deadline)
-        elif query.refine is not False and self.refiner is not None and coarse.padded:
-            # The refiner scores frames against the CLIP query: without the visual modality it
-            # would re-rank what speech or subtitles found by a modality that was left out.
-            result.refine_note = "not refined: refinement is visual and the visual modality was not searched"
-        if refinement is not None:
-            moments = list(refinement.moments[:top_k])
-            result.refined = True
-        else:
-            moments = coarse_moments(coarse, top_k)
-        t0 = time.perf_counter()
-        result.moments = self._annotate(moments, coarse, contributions)
-        timings["snippets"] = (time.perf_counter() - t0) * 1e3
-        return _finish(result, t_start)
 
     # -- modalities -----------------------------------------------------------------------------
 
@@ -656,6 +781,7 @@ class MomentSearch:
         coarse: CoarseResult,
         result: SearchResult,
         deadline: float | None = None,
+        top_k: int = 0,
     ) -> Refinement | None:
         """The refiner's answer, or None (``result.degraded_reason`` set when it was wanted and
         did not come). The refiner waits at most until ``deadline`` (``time.perf_counter()``
@@ -676,7 +802,9 @@ class MomentSearch:
             result.degraded_reason = "no time left to refine within the caller's deadline"
             return None
         try:
-            refinement = self.refiner.refine(refine_request(encoded, coarse), timeout_s=timeout_s)
+            # Only top_k moments are returned, and ranking needs only the refiner's scores: it
+            # sharpens the boundaries of those alone.
+            refinement = self.refiner.refine(refine_request(encoded, coarse, top_k), timeout_s=timeout_s)
         except RefineFailed as exc:
             result.degraded_reason = exc.message
             return None
@@ -758,9 +886,10 @@ class MomentSearch:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def refine_request(encoded: EncodedQuery, coarse: CoarseResult) -> RefineRequest:
+def refine_request(encoded: EncodedQuery, coarse: CoarseResult, top_k: int = 0) -> RefineRequest:
     """The best :data:`~spr.limits.MAX_REFINE_PROPOSALS` padded proposals of ``coarse`` with their
-    catalog video ids, ``coarse_rank`` = position in the coarse ranking."""
+    catalog video ids, ``coarse_rank`` = position in the coarse ranking; ``top_k`` moments wanted
+    back (0: all)."""
     candidates = []
     pairs = zip(coarse.proposals[:MAX_REFINE_PROPOSALS], coarse.padded[:MAX_REFINE_PROPOSALS])
     for rank, (proposal, padded) in enumerate(pairs):
@@ -778,7 +907,9 @@ def refine_request(encoded: EncodedQuery, coarse: CoarseResult) -> RefineRequest
                 coarse_end_s=proposal.end_s,
             )
         )
-    return RefineRequest(np.asarray(encoded.refiner_query, dtype=np.float32), candidates, encoded.projected)
+    return RefineRequest(
+        np.asarray(encoded.refiner_query, dtype=np.float32), candidates, encoded.projected, top_k=min(top_k, len(candidates))
+    )
 
 
 def coarse_moments(coarse: CoarseResult, top_k: int) -> list[Moment]:

@@ -228,6 +228,7 @@ def request_to_pb(request: RefineRequest) -> refiner_pb2.RefineRequest:
             for c in request.candidates
         ],
         query_projected=request.query_projected,
+        top_k=request.top_k,
     )
 
 
@@ -251,6 +252,7 @@ def request_from_pb(pb: refiner_pb2.RefineRequest) -> RefineRequest:
         ],
         query_projected=pb.query_projected,
         modality=VISUAL,
+        top_k=pb.top_k,
     )
 
 

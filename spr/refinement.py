@@ -102,6 +102,9 @@ class RefineRequest:
     candidates: Sequence[RefineCandidate]
     query_projected: bool = False
     modality: str = VISUAL
+    # At most this many moments come back, best first; 0: one per candidate. Ranking needs only
+    # the scores, so a refiner may sharpen the boundaries of these alone (what a search returns).
+    top_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,8 @@ class Refinement:
     """The refiner's answer: ``moments`` best first (at most one per candidate; candidates whose
     video has no features are left out and counted in ``dropped``), the ``model`` that scored
     them, and the batch the query rode in. ``timings_ms``: ``features``, ``queue``, ``model``,
-    ``total`` (and ``load`` when this call waited for the model to load)."""
+    ``total`` (and ``load`` when this call waited for the model to load, ``context`` when a
+    windowed refiner computed context rows it found no current ones of)."""
 
     moments: list[Moment]
     model: str
@@ -118,6 +122,9 @@ class Refinement:
     batch_proposals: int = 0
     batch_queries: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # A windowed refiner: proposals whose context rows it computed from frames (none stored,
+    # or stored by other weights) instead of reading them; their time is timings_ms["context"].
+    context_computed: int = 0
 
 
 class RefineFailed(Exception):

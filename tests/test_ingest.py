@@ -286,6 +286,9 @@ def test_kill_9_mid_ingest_leaves_nothing_half_visible_and_a_rerun_finishes_with
         assert summary["videos"]["done"] == 10 - counts["ready"]
         assert catalog.count_by_status()["ready"] == 10
         assert catalog.segment_count() == 10 * 10
+        # The killed run never reached its refiner-context step; the re-run covers every video.
+        context = summary["refiner_context"]
+        assert context["written"] + context["current"] == 10 and not context["missing"], context
         from spr.stores.milvus_store import MilvusStore
 
         store = MilvusStore(milvus_uri, consistency_level="Strong")

@@ -32,12 +32,13 @@ TINY_DIM = 64  # spr-tiny's embed_dim: the *-spr-tiny configs take its features
 
 def test_the_package_ships_a_paper_sized_and_a_tiny_config_of_each_kind():
     assert list_model_configs("projector") == ["projector-spr-tiny", "projector-vit-l-14"]
-    assert list_model_configs("refiner") == ["refiner-spr-tiny", "refiner-vit-l-14"]
+    assert list_model_configs("refiner") == ["refiner-spr-tiny", "refiner-vit-l-14", "refiner-vit-l-14-online"]
     assert list_model_configs("clip") == ["spr-tiny"]
     assert set(list_model_configs()) == {*list_model_configs("projector"), *list_model_configs("refiner"), "spr-tiny"}
     # The paper-sized ones are today's defaults on ViT-L-14 (768-d) features.
     assert model_config("projector-vit-l-14") == ProjectorShape(in_dim=768, text_in_dim=768)
-    assert model_config("refiner-vit-l-14") == RefinerShape(in_dim=768, text_in_dim=768)
+    assert model_config("refiner-vit-l-14") == RefinerShape(in_dim=768, text_in_dim=768, context_window=64)
+    assert model_config("refiner-vit-l-14-online") == RefinerShape(in_dim=768, text_in_dim=768)
     assert model_config("refiner-spr-tiny").in_dim == model_config("projector-spr-tiny").in_dim == TINY_DIM
 
 
@@ -72,7 +73,7 @@ def test_a_shape_dataclass_still_builds_directly():
 
 
 def test_unknown_names_and_wrong_kinds_are_refused_with_the_known_names():
-    with pytest.raises(ValueError, match=r"unknown refiner config 'refiner-huge'.*refiner-spr-tiny, refiner-vit-l-14"):
+    with pytest.raises(ValueError, match=r"unknown refiner config 'refiner-huge'.*refiner-spr-tiny, refiner-vit-l-14, refiner-vit-l-14-online"):
         build_refiner("refiner-huge")
     with pytest.raises(ValueError, match=r"unknown projector config .*projector-spr-tiny, projector-vit-l-14"):
         build_projectors("nope")

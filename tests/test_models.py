@@ -172,6 +172,23 @@ def test_a_local_write_leaves_no_temporary_files(tmp_path):
     assert len(store.read(300).features) == 5
 
 
+def test_a_replaced_or_deleted_file_is_never_served_from_an_old_mapping(tmp_path):
+    """Local reads keep files memory-mapped across calls (a query reads ~100 spans); a write
+    that replaces a video's file, or a delete, must show in the very next read."""
+    store = FrameFeatureStore(tmp_path)
+    store.write(7, np.ones((40, 4)), 1.0, model="old")
+    first = store.read_span(7, 2.0, 6.0)
+    assert first.model == "old" and first.first_row == 2 and float(first.features[0, 0]) == 1.0
+    store.write(7, np.full((50, 4), 2.0), 1.0, model="new")  # same size class, new inode
+    again = store.read_span(7, 2.0, 6.0)
+    assert again.model == "new" and float(again.features[0, 0]) == 2.0 and store.read(7).features.shape == (50, 4)
+    first.features[:] = 9.0  # a caller's copy: writing to it touches neither the file nor the map
+    assert float(store.read_span(7, 2.0, 6.0).features[0, 0]) == 2.0
+    store.delete(7)
+    with pytest.raises(FeatureNotFound, match="re-ingest"):
+        store.read_span(7, 2.0, 6.0)
+
+
 @pytest.mark.parametrize(
     "start, end, rate, total, rows",
     [(0, 4, 1.0, 10, (0, 4)), (3.5, 4.2, 1.0, 10, (3, 5)), (8, 20, 1.0, 10, (8, 10)), (12, 14, 1.0, 10, (9, 10)), (0, 0, 1.0, 10, (0, 1))],

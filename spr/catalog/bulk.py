@@ -1,5 +1,6 @@
 """Bulk-writing segment rows and segment texts: COPY on PostgreSQL/psycopg2, batched
-executemany elsewhere.
+executemany elsewhere; and the video rows of many videos at once (``spr import``'s batches:
+one transaction per batch, not several per video).
 
 An hour of video is 900 four-second segments and an archive ingest writes millions of
 rows (and as many texts per text track), so these are the catalog's write hot paths.
@@ -9,15 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Dialect
 
-from .models import segment_texts, segments
+from .models import VideoStatus, segment_texts, segments, video_metadata, videos
 
 BulkMethod = Literal["copy", "executemany"]
 
@@ -138,3 +140,144 @@ def insert_segment_text_rows(
             for sid, text in zip(ids[lo : lo + step], texts[lo : lo + step])
         ]
         conn.execute(stmt, rows)
+
+
+# --- many videos in one transaction (spr import) -------------------------------------------------
+
+# Keys or ids per IN list: SQLite binds each as one variable.
+_IN_CHUNK = 900
+
+
+def _chunks(values: Sequence[Any], size: int = _IN_CHUNK) -> Iterator[Sequence[Any]]:
+    for lo in range(0, len(values), size):
+        yield values[lo : lo + size]
+
+
+def video_rows_by_key(conn: Connection, keys: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+    """``{key: the video's row}`` (every column of ``videos``) of those of ``keys`` that the
+    catalog holds, in one statement per :data:`_IN_CHUNK` keys."""
+    out: dict[str, Mapping[str, Any]] = {}
+    for chunk in _chunks(list(keys)):
+        for row in conn.execute(select(videos).where(videos.c.key.in_(chunk))).mappings():
+            out[row["key"]] = row
+    return out
+
+
+def register_videos_pending(conn: Connection, dialect: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """:meth:`SegmentCatalog.register_video` of many videos in ``conn``'s transaction: each of
+    ``rows`` (``key``, ``uri``, ``duration_s``, ``fps``, ``content_hash``, ``metadata``,
+    ``ingest_info``) inserted ``pending``, or, for a key the catalog holds, every field replaced,
+    status back to ``pending``, error cleared, id kept, tracks and warnings left; its filterable
+    metadata pairs rewritten. One executemany of the same upsert, then the ids; returns
+    ``{key: video id}``."""
+    from .segment_catalog import _fill_video_metadata
+
+    if not rows:
+        return {}
+    values = [
+        {
+            "key": r["key"], "uri": r["uri"], "duration_s": float(r["duration_s"]),
+            "fps": None if r.get("fps") is None else float(r["fps"]), "content_hash": r.get("content_hash"),
+            "status": VideoStatus.PENDING.value, "error": None, "metadata": dict(r.get("metadata") or {}),
+            "ingest_info": dict(r.get("ingest_info") or {}), "tracks": {}, "warnings": [],
+        }
+        for r in rows
+    ]
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(videos)
+    replaced = ("uri", "duration_s", "fps", "content_hash", "status", "error", "metadata", "ingest_info")
+    stmt = ins.on_conflict_do_update(
+        index_elements=[videos.c.key],
+        set_={**{c: ins.excluded[c] for c in replaced}, "updated_at": func.now()},
+    )
+    conn.execute(stmt, values)
+    ids = {key: int(row["id"]) for key, row in video_rows_by_key(conn, [r["key"] for r in rows]).items()}
+    video_ids = list(ids.values())
+    for chunk in _chunks(video_ids):
+        conn.execute(delete(video_metadata).where(video_metadata.c.video_id.in_(chunk)))
+    conn.execute(_fill_video_metadata(dialect), [{"video_id": v} for v in video_ids])
+    return ids
+
+
+def replace_segments_many(
+    conn: Connection,
+    video_ids: np.ndarray,
+    ids: np.ndarray,
+    ordinals: np.ndarray,
+    start_s: np.ndarray,
+    end_s: np.ndarray,
+    batch_rows: int,
+) -> None:
+    """Make the given rows the only segments of the videos ``np.unique(video_ids)``, inside
+    ``conn``'s transaction: their old segments and the texts of those go first. All arrays are
+    1-D of one length, a row per segment (``video_ids`` int64: each row's video)."""
+    owners = np.unique(np.asarray(video_ids, dtype=np.int64)).tolist()
+    if not owners:
+        return
+    for chunk in _chunks(owners):
+        # Texts first, as replace_segments does: a SQLite file opened without PRAGMA
+        # foreign_keys would keep texts of segments that are gone.
+        of_videos = select(segments.c.id).where(segments.c.video_id.in_(chunk))
+        conn.execute(delete(segment_texts).where(segment_texts.c.segment_id.in_(of_videos)))
+        conn.execute(delete(segments).where(segments.c.video_id.in_(chunk)))
+    insert_segment_rows_many(conn, video_ids, ids, ordinals, start_s, end_s, batch_rows)
+
+
+def insert_segment_rows_many(
+    conn: Connection,
+    video_ids: np.ndarray,
+    ids: np.ndarray,
+    ordinals: np.ndarray,
+    start_s: np.ndarray,
+    end_s: np.ndarray,
+    batch_rows: int,
+) -> None:
+    """:func:`insert_segment_rows` of segments of many videos (``video_ids`` one per row):
+    one COPY on PostgreSQL/psycopg2, else executemany through the driver in batches of
+    ``batch_rows`` (SQLAlchemy's per-row parameter processing would cost more than SQLite)."""
+    if len(ids) == 0:
+        return
+    columns = (
+        np.asarray(ids, dtype=np.int64).tolist(), np.asarray(video_ids, dtype=np.int64).tolist(),
+        np.asarray(ordinals, dtype=np.int64).tolist(), np.asarray(start_s, dtype=np.float64).tolist(),
+        np.asarray(end_s, dtype=np.float64).tolist(),
+    )
+    if bulk_insert_method(conn.dialect) == "copy":
+        payload = "".join([f"{i},{v},{o},{s!r},{e!r}\n" for i, v, o, s, e in zip(*columns)])
+        _copy(conn, COPY_SEGMENTS_SQL, payload)
+        return
+    rows = list(zip(*columns))
+    sql = "INSERT INTO segments (id, video_id, ordinal, start_s, end_s) VALUES (?, ?, ?, ?, ?)"
+    step = max(1, int(batch_rows))
+    for lo in range(0, len(rows), step):
+        conn.exec_driver_sql(sql, rows[lo : lo + step])
+
+
+def set_tracks_many(conn: Connection, tracks: Mapping[int, tuple[Mapping[str, Mapping[str, Any]], Sequence[str]]]) -> None:
+    """:meth:`SegmentCatalog.set_tracks` of many videos: ``{video_id: (tracks, warnings)}``."""
+    from .segment_catalog import MAX_WARNING_CHARS, MAX_WARNINGS, _track_report
+
+    if not tracks:
+        return
+    rows = []
+    for video_id, (reports, warnings) in tracks.items():
+        if isinstance(warnings, str):
+            raise TypeError("warnings must be a sequence of strings, not one string")
+        rows.append(
+            {
+                "vid": int(video_id),
+                "t": {str(t): _track_report(t, r) for t, r in reports.items()},
+                "w": [str(w)[:MAX_WARNING_CHARS] for w in list(warnings)[:MAX_WARNINGS]],
+            }
+        )
+    stmt = update(videos).where(videos.c.id == bindparam("vid")).values(tracks=bindparam("t"), warnings=bindparam("w"))
+    conn.execute(stmt, rows)
+
+
+def mark_ready_many(conn: Connection, video_ids: Sequence[int]) -> None:
+    """Every video of ``video_ids`` ``ready`` (error cleared), in ``conn``'s transaction; the
+    rows' ``updated_at`` moves, as each status change through the catalog does."""
+    ids = [int(v) for v in video_ids]
+    for chunk in _chunks(ids):
+        conn.execute(
+            update(videos).where(videos.c.id.in_(chunk)).values(status=VideoStatus.READY.value, error=None)
+        )

@@ -59,6 +59,14 @@ def add_eval_command(sub: Any) -> None:
         help="queries in flight (store, catalog and feature reads in parallel; refinement batched across them; default 4)",
     )
     p.add_argument(
+        "--batch-queries",
+        type=int,
+        default=64,
+        metavar="N",
+        help="queries per coarse batch: one vector-store search and one catalog lookup per N queries, the same "
+        "results as one query at a time (default 64; 1: each query searches alone)",
+    )
+    p.add_argument(
         "--out-dir",
         metavar="DIR",
         help="write sp_predictions.json, spr_predictions.json and metrics.json here",
@@ -85,6 +93,7 @@ def cmd_eval(config: Any, args: argparse.Namespace) -> int:
         top_k_segments=args.top_k_segments,
         max_moments=args.max_moments,
         workers=args.workers,
+        batch_queries=args.batch_queries,
         modalities=args.modalities,
         nprobe=args.nprobe,
         ef=args.ef,

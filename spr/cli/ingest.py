@@ -27,6 +27,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="re-process videos even when unchanged")
     p.add_argument("--no-speech", action="store_true", help="skip the speech track (default: speech.enabled)")
     p.add_argument("--no-subtitles", action="store_true", help="skip the subtitle track (default: subtitles.enabled)")
+    p.add_argument(
+        "--no-refiner-context", action="store_true",
+        help="do not precompute the refiner's frame context afterwards (`spr refiner precompute` does it later)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_ingest)
 
@@ -39,6 +43,10 @@ def add_commands(sub: Any) -> None:
         "vectors.collection to the new one when it is complete.",
     )
     p.add_argument("--collection", required=True, help="the new collection")
+    p.add_argument(
+        "--no-refiner-context", action="store_true",
+        help="do not precompute the refiner's frame context afterwards (`spr refiner precompute` does it later)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_reembed)
 
@@ -79,10 +87,13 @@ def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
             )
     except IngestError as exc:
         raise UsageError(str(exc)) from None
+    context = None if args.no_refiner_context else _refiner_context(config)
     if args.json:
-        print(json.dumps(_summary_json(summary), indent=2))
+        print(json.dumps({**_summary_json(summary), "refiner_context": context}, indent=2))
     else:
         _print_summary(summary)
+        if context and context.get("written"):
+            print(f"refiner context: {context['written']} videos precomputed ({context['rows']} rows) for {context['refiner']}")
     return 1 if summary.videos_failed else 0
 
 
@@ -129,6 +140,7 @@ def cmd_reembed(config: Any, args: argparse.Namespace) -> int:
         "wall_s": summary.wall_s,
         "text_model": summary.text_model,
         "text_segments": summary.text_segments,
+        "refiner_context": None if args.no_refiner_context else _refiner_context(config),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -140,6 +152,21 @@ def cmd_reembed(config: Any, args: argparse.Namespace) -> int:
         for key in summary.missing:
             print(f"  no stored features: {key} (re-ingest it)", file=sys.stderr)
     return 1 if summary.missing else 0
+
+
+def _refiner_context(config: Any) -> dict | None:
+    """A windowed refiner's frame context for the videos that lack current rows (the ones just
+    written), as `spr refiner precompute` makes it. A failure here loses nothing (the refiner
+    computes missing rows itself), so it is a warning, not an error."""
+    from spr.cli.refiner_context import precompute_refiner_context
+    from spr.refinement import RefinerLoadError
+
+    try:
+        return precompute_refiner_context(config)
+    except (RefinerLoadError, OSError, ValueError) as exc:
+        print(f"warning: refiner context not precomputed ({exc}); run `spr refiner precompute` after fixing it",
+              file=sys.stderr)
+        return {"error": str(exc)}
 
 
 def cmd_delete(config: Any, args: argparse.Namespace) -> int:

@@ -47,6 +47,9 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--port", type=int, metavar="PORT", help="refiner port (default: services.refiner_port; 0 = a free one)")
     p.set_defaults(handler=cmd_refiner)
+    from .refiner_context import add_precompute_command
+
+    add_precompute_command(p)
 
     p = sub.add_parser(
         "web",

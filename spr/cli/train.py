@@ -135,9 +135,9 @@ def cmd_train_projector(config: Any, args: argparse.Namespace) -> int:
             text = load_query_features(args.query_features, list(dict.fromkeys(r.query_id for r in records)))
             text_source = f"file:{os.path.basename(args.query_features)}"
         else:
-            from spr.models.clip import load_clip
+            from spr.models.clip import load_clip_from_config
 
-            clip = load_clip(config.clip.model, config.clip.pretrained, config.clip.device, config.clip.precision)
+            clip = load_clip_from_config(config.clip)  # the text tower at clip.text_precision, as served
             text = encode_query_texts(records, clip.encode_texts, batch_size=max(1, config.clip.batch_size))
             text_source = clip.identity
     except AnnotationError as exc:
@@ -238,9 +238,9 @@ def cmd_train_synthetic(config: Any, args: argparse.Namespace) -> int:
     encoder, name = None, ""
     dim = args.dim
     if not args.no_query_features:
-        from spr.models.clip import load_clip
+        from spr.models.clip import load_clip_from_config
 
-        clip = load_clip(config.clip.model, config.clip.pretrained, config.clip.device, config.clip.precision)
+        clip = load_clip_from_config(config.clip)  # the text tower at clip.text_precision, as served
         encoder, name = clip.encode_texts, clip.identity
         dim = dim or clip.dim
     elif dim is None:

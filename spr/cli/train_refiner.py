@@ -7,6 +7,11 @@ import json
 from typing import Any
 
 
+# What a refiner trained without --shape serves with: precomputed windowed frame context,
+# the fast CPU path (issue 13).
+DEFAULT_CONTEXT_WINDOW = 64
+
+
 def add_refiner_commands(train_sub: Any) -> None:
     p = train_sub.add_parser(
         "refiner",
@@ -32,6 +37,12 @@ def add_refiner_commands(train_sub: Any) -> None:
     p.add_argument("--dim", type=int, help="joint space size (default 768, or --shape's)")
     p.add_argument("--layers", type=int, help="Transformer layers (default 2, or --shape's)")
     p.add_argument("--heads", type=int, help="attention heads (default 8, or --shape's)")
+    p.add_argument(
+        "--context-window", type=int, metavar="FRAMES",
+        help=f"frame context: the Transformer over fixed windows of FRAMES frames of each video, precomputed "
+        f"per video for serving (default {DEFAULT_CONTEXT_WINDOW}, or --shape's); 0 = the paper's online mode, "
+        "over each proposal at query time",
+    )
     p.add_argument("--no-oracle", action="store_true", help="do not add proposals for moments the search missed")
     p.add_argument("--no-hard-negatives", action="store_true", help="hinge only against other queries' proposals")
     p.add_argument("--no-ranking", action="store_true", help="drop the strong/weak positive ranking hinge")
@@ -74,9 +85,15 @@ def cmd_train_refiner(config: Any, args: argparse.Namespace) -> int:
         raise UsageError(f"no query of {args.train} has a feature; check --query-features")
     text_dim = len(next(iter(features.values())))
     projectors = load_projectors(config.projector.checkpoint, text_dim, uses=("queries",))
+    if args.context_window is not None:
+        window = args.context_window
+    else:
+        window = named.context_window if named is not None else DEFAULT_CONTEXT_WINDOW
+    if window < 0 or window % 2 or window == 2:
+        raise UsageError(f"--context-window must be 0 (online) or an even number of frames >= 4, got {window}")
     examples = examples_from_stores(
         config, records, features, args.collection or config.vectors.collection,
-        lambda q: projectors.project_texts(q), oracle=not args.no_oracle,
+        lambda q: projectors.project_texts(q), oracle=not args.no_oracle, context_window=window,
     )
     if not examples:
         raise UsageError(
@@ -85,6 +102,7 @@ def cmd_train_refiner(config: Any, args: argparse.Namespace) -> int:
         )
     in_dim = examples[0].proposals[0].features.shape[1]
     flags = {k: v for k, v in {"dim": args.dim, "layers": args.layers, "heads": args.heads}.items() if v is not None}
+    flags["context_window"] = window
     try:
         shape = replace(named or RefinerShape(in_dim=in_dim, text_in_dim=text_dim), in_dim=in_dim, text_in_dim=text_dim, **flags)
     except ValueError as exc:

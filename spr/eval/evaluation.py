@@ -18,8 +18,13 @@ queries up front and scores what comes back:
     features read from the feature store, then the SPR_CLIP refiner of ``refiner.checkpoint``
     (its dynamic batcher: concurrent queries share forward passes).
 
-Queries run on a thread pool (``workers``); each worker waits for its own refinement, so the
-batcher sees up to ``workers`` queries at once, like the service under load.
+Queries run in batches of ``batch_queries`` on a thread pool (``workers``): the coarse half of a
+batch is one store search of its ``(B, dim)`` embeddings and one catalog lookup of the union of
+their hits (:meth:`spr.engine.MomentSearch.prepare_many`, the same proposals as one query at a
+time; each query's ``ann`` and ``catalog`` times are its share of its batch's calls); then each
+query's refinement runs on the pool by itself, so the refiner's batcher sees up
+to ``workers`` queries at once, like the service under load. Up to ``workers`` coarse batches run
+at once. ``batch_queries=1`` searches each query alone (:meth:`~spr.engine.MomentSearch.search`).
 
 Two rankings come out per query: **SP**, the unpadded proposals ranked by their best segment
 (what a search with ``refine=false`` answers), and **SPR**, what a refined search answers: the
@@ -52,9 +57,9 @@ from spr.engine import (
     EncodedQuery,
     MomentQuery,
     MomentSearch,
+    PreparedSearch,
     SearchResult,
     UnknownCollection,
-    coarse_moments,
 )
 from spr.features import VISUAL
 from spr.limits import MAX_SEGMENTS_K, MAX_TOP_K
@@ -122,6 +127,9 @@ class EvalOptions:
     top_k_segments: int | None = None
     max_moments: int = 100
     workers: int = 4
+    # Queries per coarse batch: one store search and one catalog lookup for each batch of this
+    # many queries (1: each query searches alone, the path before batching).
+    batch_queries: int = 64
     ks: tuple[int, ...] = DEFAULT_KS
     iou_thresholds: tuple[float, ...] = DEFAULT_IOUS
     # Also score each text track alone and the fusion, when the collection has text tracks.
@@ -183,6 +191,7 @@ class EvalReport:
     ef: int | None = None
     merge_score_window: float = 1.0
     max_length_s: float = 0.0
+    batch_queries: int = 1
 
     @property
     def refiner_batches(self) -> dict[str, float] | None:
@@ -224,6 +233,7 @@ class EvalReport:
             "max_length_s": self.max_length_s,
             "search_params": {"nprobe": self.nprobe, "ef": self.ef},
             "workers": self.workers,
+            "batch_queries": self.batch_queries,
             "refined": self.spr is not None,
             "refiner": self.refiner,
             "random_weights": self.random_weights,
@@ -288,8 +298,8 @@ class EvalReport:
             lines.append(f"{stage:<16}{values['mean']:>10.2f}{values['p50']:>10.2f}")
         qps = self.num_queries / self.wall_s if self.wall_s > 0 else float("nan")
         lines.append(
-            f"wall {self.wall_s:.2f} s for {self.num_queries} queries ({qps:.1f} queries/s, {self.workers} workers; "
-            "model loading excluded)"
+            f"wall {self.wall_s:.2f} s for {self.num_queries} queries ({qps:.1f} queries/s, {self.workers} workers, "
+            f"batches of {self.batch_queries}; model loading excluded)"
         )
         return "\n".join(lines)
 
@@ -571,6 +581,7 @@ def run_evaluation(
         ef=options.ef,
         merge_score_window=pc.merge_score_window,
         max_length_s=pc.max_length_s,
+        batch_queries=options.batch_queries,
     )
 
 
@@ -596,6 +607,8 @@ def _check_options(options: EvalOptions) -> None:
         raise EvalError(f"max moments must be in 1..{MAX_TOP_K}, got {options.max_moments}")
     if options.workers < 1:
         raise EvalError(f"workers must be at least 1, got {options.workers}")
+    if options.batch_queries < 1:
+        raise EvalError(f"batch queries must be at least 1, got {options.batch_queries}")
     if options.projected and not options.query_features:
         raise EvalError("--projected describes --query-features; pass the feature file too")
     for flag, value in (("--nprobe", options.nprobe), ("--ef", options.ef)):
@@ -732,6 +745,8 @@ class _Runner:
         self._search(0)
 
     def run(self, items: Sequence[EvalQuery], progress: Callable[[int, int], None] | None) -> list[QueryOutcome]:
+        if self.options.batch_queries > 1:
+            return self._run_batched(items, progress)
         outcomes: list[QueryOutcome | None] = [None] * len(items)
         done = 0
         with ThreadPoolExecutor(max_workers=self.options.workers, thread_name_prefix="spr-eval") as pool:
@@ -751,34 +766,105 @@ class _Runner:
                 raise
         return [o for o in outcomes if o is not None]
 
+    def _run_batched(
+        self, items: Sequence[EvalQuery], progress: Callable[[int, int], None] | None
+    ) -> list[QueryOutcome]:
+        """Coarse batches of ``batch_queries`` on the pool (at most ``workers`` at once, so a
+        17K-query file does not hold every coarse result at once), then each query's
+        refinement and modality runs as its own task on the same pool."""
+        size, workers = self.options.batch_queries, self.options.workers
+        batches = [range(lo, min(len(items), lo + size)) for lo in range(0, len(items), size)]
+        outcomes: list[QueryOutcome | None] = [None] * len(items)
+        per_query = self.options.refine or bool(self.runs)  # SP alone needs the coarse half only
+        done, queued, coarse_running = 0, 0, 0
+        pending: dict[Any, tuple[str, Any]] = {}
+
+        def finished_one(i: int, outcome: QueryOutcome) -> None:
+            nonlocal done
+            outcomes[i] = outcome
+            done += 1
+            if progress is not None:
+                progress(done, len(items))
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spr-eval") as pool:
+            try:
+                while pending or queued < len(batches):
+                    while queued < len(batches) and coarse_running < workers:
+                        batch = batches[queued]
+                        pending[pool.submit(self._coarse_batch, batch)] = ("coarse", batch)
+                        queued += 1
+                        coarse_running += 1
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        kind, what = pending.pop(future)
+                        if kind == "query":
+                            finished_one(what, future.result())  # re-raises a worker's error
+                            continue
+                        coarse_running -= 1
+                        for i, prepared in zip(what, future.result()):
+                            if per_query:
+                                pending[pool.submit(self._finish, i, items[i], prepared)] = ("query", i)
+                            else:
+                                finished_one(i, self._outcome(items[i], prepared.result))
+            except BaseException:
+                for future in pending:
+                    future.cancel()
+                raise
+        return [o for o in outcomes if o is not None]
+
+    def _coarse_batch(self, indices: Sequence[int]) -> list[PreparedSearch]:
+        return self.search.prepare_many([self._query(i) for i in indices])
+
+    def _finish(self, index: int, query: EvalQuery, prepared: PreparedSearch) -> QueryOutcome:
+        """One query's refinement (the engine's :meth:`~spr.engine.MomentSearch.complete`) and
+        its modality runs, from its coarse half."""
+        result = self.search.complete(prepared) if self.options.refine else prepared.result
+        self._note_refiner(result)
+        return self._outcome(query, result, index)
+
     # -- one query --------------------------------------------------------------------------
 
-    def _search(self, index: int) -> SearchResult:
-        result = self.search.search(
-            MomentQuery(
-                encoded=self.embedded.query(index),
-                collection=self.collection,
-                top_k=self.options.max_moments,
-                segments_k=self.top_k,
-                nprobe=self.options.nprobe,
-                ef=self.options.ef,
-                refine=self.options.refine,
-            )
+    def _query(self, index: int) -> MomentQuery:
+        return MomentQuery(
+            encoded=self.embedded.query(index),
+            collection=self.collection,
+            top_k=self.options.max_moments,
+            segments_k=self.top_k,
+            nprobe=self.options.nprobe,
+            ef=self.options.ef,
+            refine=self.options.refine,
         )
+
+    def _search(self, index: int) -> SearchResult:
+        result = self.search.search(self._query(index))
+        self._note_refiner(result)
+        return result
+
+    def _note_refiner(self, result: SearchResult) -> None:
         if result.refinement is not None and result.refinement.model:
             self.refiner_name = result.refinement.model
             self.refiner_random = self.refiner_random or result.refinement.random_weights
-        return result
 
     def one(self, index: int, query: EvalQuery) -> QueryOutcome:
-        result = self._search(index)
+        return self._outcome(query, self._search(index), index)
+
+    def _outcome(self, query: EvalQuery, result: SearchResult, index: int | None = None) -> QueryOutcome:
+        """What evaluation keeps of one query's search; ``index`` (the query's row) runs its
+        modality searches too (none without ``runs``)."""
         coarse = result.coarse
         assert coarse is not None  # no filters: every search retrieves
         timings = {stage: result.timings_ms[stage] for stage in ("embed", "ann", "catalog", "proposals")}
-        sp = [_predicted(m) for m in coarse_moments(coarse, self.options.max_moments)]
+        # What coarse_moments(coarse, max_moments) answers, without building the Moments:
+        # their video, span and score (the best segment's) are the proposal's own.
+        sp = [
+            PredictedMoment(p.video_key, p.start_s, p.end_s, float(p.best_score))
+            for p in coarse.proposals[: self.options.max_moments]
+        ]
         outcome = QueryOutcome(query.query_id, sp, None, list(coarse.padded), timings)
         if self.options.refine:
             _record_refinement(result, outcome)
+        if index is None:
+            return outcome
         for name, weights in self.runs.items():
             modal = self.search.search(
                 MomentQuery(

@@ -17,13 +17,15 @@ import functools
 import hashlib
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ..compat.torchvision_ops import ensure_torchvision_importable
+from ..cpu import NATIVE_BF16_FLAGS, cpu_flags, native_bf16  # re-exported: imported from here elsewhere
 from .registry import CONFIG_DIR
 
 log = logging.getLogger(__name__)
@@ -68,28 +70,9 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-# The /proc/cpuinfo flags of native bf16 dot products (VDPBF16PS, AMX tiles). Without them
-# torch emulates bf16 matmuls on a CPU: measured 7x slower than fp32 on an AVX2-only machine
-# (bench/bench_refiner.py), against about 3x faster with AVX512_BF16.
-NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU feature flags of this machine (the first ``flags`` line of ``cpuinfo``; empty
-    where there is none, e.g. off Linux)."""
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
 def cpu_has_native_bf16(flags: Iterable[str]) -> bool:
-    """Whether a CPU with these ``/proc/cpuinfo`` flags has native bf16 dot products."""
+    """Whether a CPU with these ``/proc/cpuinfo`` flags has native bf16 dot products (the
+    hardware only: :func:`spr.cpu.native_bf16` also honours ISA caps on torch)."""
     return not NATIVE_BF16_FLAGS.isdisjoint(flags)
 
 
@@ -97,31 +80,225 @@ def _is_cpu(device: str) -> bool:
     return device.split(":", 1)[0] == "cpu"
 
 
-def resolve_precision(precision: str, device: str, flags: Iterable[str] | None = None) -> str:
+def resolve_precision(
+    precision: str, device: str, flags: Iterable[str] | None = None, environ: Mapping[str, str] | None = None
+) -> str:
     """The precision to run at on ``device``: ``"auto"`` -> fp16 on a GPU; on a CPU bf16 where
-    it has native bf16 dot products (``flags``: the CPU's ``/proc/cpuinfo`` flags, this
-    machine's when None), fp32 otherwise. fp16 on a CPU is refused (ValueError): torch has no
-    fast half kernels there."""
+    torch gets native bf16 dot products, fp32 otherwise. Native means the CPU has them
+    (``flags``: its ``/proc/cpuinfo`` flags, this machine's when None) and no ISA cap in
+    ``environ`` (``ONEDNN_MAX_CPU_ISA`` / ``ATEN_CPU_CAPABILITY`` below them; this process's
+    environment when None) takes them from torch: a capped process runs bf16 emulated, as an
+    AVX2-only machine does. fp16 on a CPU is refused (ValueError): torch has no fast half
+    kernels there."""
     if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
     if not _is_cpu(device):
         if precision == "auto":
             return "fp16" if device.startswith("cuda") else "fp32"
         return precision
-    native_bf16 = cpu_has_native_bf16(cpu_flags() if flags is None else flags)
+    native = native_bf16(flags, environ)
     if precision == "auto":
-        return "bf16" if native_bf16 else "fp32"
+        return "bf16" if native else "fp32"
     if precision == "fp16":
         raise ValueError(
             "precision fp16 is refused on a CPU (torch has no fast half kernels there); use fp32, "
             "bf16 where the CPU has AVX512_BF16 or AMX, or auto to pick between them"
         )
-    if precision == "bf16" and not native_bf16:
+    if precision == "bf16" and not native:
         log.warning(
-            "precision bf16 on a CPU without AVX512_BF16 or AMX: torch emulates it, expect it to be "
-            "several times slower than fp32 (auto picks fp32 here)"
+            "precision bf16 on a CPU without AVX512_BF16 or AMX (or with torch capped below them by "
+            "ONEDNN_MAX_CPU_ISA / ATEN_CPU_CAPABILITY): torch emulates it, expect it to be several "
+            "times slower than fp32 (auto picks fp32 here)"
         )
     return precision
+
+
+TEXT_PRECISIONS = ("auto", "fp32", "fp16", "bf16", "int8")
+
+# What ``text_precision="auto"`` picks on a CPU when ``precision`` is auto too, decided by
+# bench/bench_text_tower.py (docs/benchmarks.md, "Text tower precision"): int8 (dynamic
+# quantization, fbgemm) reads a quarter of fp32's weight bytes and was the fastest text tower on
+# both an AVX512_BF16 CPU and the same CPU capped to AVX2, within the tolerance of
+# tests/test_text_precision.py.
+AUTO_CPU_TEXT_PRECISION = "int8"
+
+
+def int8_available() -> bool:
+    """Whether torch has an x86 int8 engine (fbgemm) for dynamically quantized linear layers."""
+    import torch
+
+    return "fbgemm" in torch.backends.quantized.supported_engines
+
+
+def resolve_text_precision(
+    text_precision: str,
+    precision: str,
+    device: str,
+    flags: Iterable[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The precision of the text tower (frames keep :func:`resolve_precision` of
+    ``precision``). ``"auto"``: on a CPU with ``precision`` auto, :data:`AUTO_CPU_TEXT_PRECISION`
+    where torch has fbgemm; otherwise whatever ``precision`` resolves to. ``"int8"`` (torch
+    dynamic quantization of the tower's linear layers) runs on a CPU only: ValueError on a GPU.
+    The others resolve as :func:`resolve_precision` does."""
+    if text_precision not in TEXT_PRECISIONS:
+        raise ValueError(f"text precision must be {', '.join(TEXT_PRECISIONS)}, got {text_precision!r}")
+    if text_precision == "int8":
+        if not _is_cpu(device):
+            raise ValueError(
+                f"text precision int8 runs on a CPU only (torch dynamic quantization), not on {device!r}; "
+                f"use auto, fp16 or fp32 there"
+            )
+        return "int8"
+    if text_precision == "auto":
+        if _is_cpu(device) and precision == "auto" and AUTO_CPU_TEXT_PRECISION == "int8" and int8_available():
+            return "int8"
+        return resolve_precision(precision, device, flags, environ)
+    return resolve_precision(text_precision, device, flags, environ)
+
+
+@functools.lru_cache(maxsize=None)
+def _self_attention_class() -> Any:
+    """An ``nn.Module`` class standing in for a batch-first ``nn.MultiheadAttention`` that is only
+    ever called as self-attention: its packed ``in_proj_weight`` (a bare Parameter) becomes an
+    ``nn.Linear``, so dynamic quantization, which quantizes ``nn.Linear`` modules only, reaches
+    the q/k/v projection (a third of a block's weights) and the output projection (whose
+    ``NonDynamicallyQuantizableLinear`` type it skips) too."""
+    import torch
+    import torch.nn.functional as F
+
+    class SelfAttention(torch.nn.Module):
+        def __init__(self, mha: Any):
+            super().__init__()
+            width = mha.embed_dim
+            self.num_heads = mha.num_heads
+            self.in_proj = torch.nn.Linear(width, 3 * width, bias=mha.in_proj_bias is not None)
+            self.in_proj.weight = torch.nn.Parameter(mha.in_proj_weight.detach().clone())
+            if mha.in_proj_bias is not None:
+                self.in_proj.bias = torch.nn.Parameter(mha.in_proj_bias.detach().clone())
+            self.out_proj = torch.nn.Linear(width, width, bias=mha.out_proj.bias is not None)
+            self.out_proj.weight = torch.nn.Parameter(mha.out_proj.weight.detach().clone())
+            if mha.out_proj.bias is not None:
+                self.out_proj.bias = torch.nn.Parameter(mha.out_proj.bias.detach().clone())
+
+        def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None):
+            """``(B, L, width)`` -> (``(B, L, width)``, None), as ``nn.MultiheadAttention``
+            returns with ``need_weights=False``; ``attn_mask`` ``(L, L)`` additive or boolean."""
+            if (key is not None and key is not query) or (value is not None and value is not query):
+                raise ValueError("this attention was converted for self-attention only (key and value must be the query)")
+            batch, length, width = query.shape
+            heads = self.num_heads
+            qkv = self.in_proj(query).view(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+            if attn_mask is not None and attn_mask.dtype == torch.bool:
+                attn_mask = ~attn_mask  # nn.MultiheadAttention: True = masked; SDPA: True = attend
+            out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)  # (B, heads, L, hd)
+            return self.out_proj(out.transpose(1, 2).reshape(batch, length, width)), None
+
+    return SelfAttention
+
+
+def _convertible_attention(module: Any) -> bool:
+    import torch
+
+    return (
+        isinstance(module, torch.nn.MultiheadAttention)
+        and module.batch_first
+        and module._qkv_same_embed_dim
+        and module.bias_k is None
+        and not module.add_zero_attn
+        and module.dropout == 0.0
+    )
+
+
+def _split_self_attention(root: Any) -> int:
+    """Replace every convertible ``nn.MultiheadAttention`` under ``root`` (the text tower's
+    blocks call theirs as self-attention only) with the :func:`_self_attention_class` module;
+    returns how many were replaced."""
+    cls = _self_attention_class()
+    replaced = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if _convertible_attention(child):
+                setattr(parent, name, cls(child))
+                replaced += 1
+    return replaced
+
+
+def _text_modules(model: Any) -> list[Any]:
+    """The modules of ``model``'s text tower: ``CustomTextCLIP.text``, or the parts ``CLIP``
+    keeps on itself (its ``text_projection`` and ``positional_embedding`` are bare Parameters)."""
+    text = getattr(model, "text", None)
+    if text is not None:
+        return [text]
+    return [model.transformer, model.token_embedding, model.ln_final]
+
+
+def _use_fp32_layernorm(root: Any) -> None:
+    """Make open_clip's ``LayerNorm`` modules under ``root`` its ``LayerNormFp32`` (same
+    parameters), as open_clip builds a tower meant for fp16/bf16: it normalises in fp32."""
+    from open_clip.transformer import LayerNorm, LayerNormFp32
+
+    for module in root.modules():
+        if type(module) is LayerNorm:
+            module.__class__ = LayerNormFp32
+
+
+def _visual_to_lp(model: Any, dtype: Any) -> None:
+    """Frames tower of an fp32-built ``model`` -> what open_clip's ``create_model`` at
+    ``precision`` fp16/bf16 makes of it (the same values: fp32 weights rounded once)."""
+    import torch
+    from open_clip.model import convert_weights_to_lp
+    from open_clip.timm_model import TimmModel
+    from open_clip.transformer import LayerNormFp32
+
+    visual = model.visual
+    if isinstance(visual, TimmModel):
+        visual.to(dtype=dtype)  # open_clip's own recipe for timm towers
+        for module in visual.modules():
+            if isinstance(module, LayerNormFp32):
+                module.to(torch.float32)
+        return
+    convert_weights_to_lp(visual, dtype=dtype)
+    _use_fp32_layernorm(visual)
+
+
+def _text_to_lp(model: Any, dtype: Any) -> None:
+    """Text tower of an fp32-built ``model`` -> open_clip's fp16/bf16 recipe (linear and
+    attention weights and the projection in ``dtype``, normalisation in fp32)."""
+    import torch
+    from open_clip.model import convert_weights_to_lp
+
+    for module in _text_modules(model):
+        convert_weights_to_lp(module, dtype=dtype)
+        _use_fp32_layernorm(module)
+    projection = getattr(model, "text_projection", None) if getattr(model, "text", None) is None else None
+    if isinstance(projection, torch.nn.Parameter):
+        projection.data = projection.data.to(dtype)
+
+
+def _text_to_int8(model: Any) -> None:
+    """Text tower of an fp32 ``model`` -> int8 weights: torch dynamic quantization of its
+    ``nn.Linear`` layers (attention projections split out first, see
+    :func:`_self_attention_class`), weights per output channel, activations quantized per call.
+    Embeddings, normalisation, and ``CLIP``'s bare-Parameter projection (2% of the weights) stay
+    fp32."""
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    for module in _text_modules(model):
+        _split_self_attention(module)
+        with warnings.catch_warnings():
+            # torch.ao.quantization warns of its deprecation on every call (torchao is its
+            # successor, not a dependency here); eager dynamic quantization still runs in 2.13.
+            warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
+            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_(tensor|channel)")
+            quantize_dynamic(module, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    # open_clip takes a tower's input dtype from its first block's ``mlp.c_fc.weight``, which a
+    # quantized layer has as a method; its bitsandbytes hook ``int8_original_dtype`` answers first.
+    for module in _text_modules(model):
+        for block in getattr(getattr(module, "transformer", module), "resblocks", []):
+            block.mlp.c_fc.int8_original_dtype = torch.float32
 
 
 @dataclass
@@ -201,8 +378,15 @@ class ClipEncoder:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     dim: int
+    # The text tower's precision (fp32, fp16, bf16 or int8; empty: ``precision``). Frames always
+    # run at ``precision``.
+    text_precision: str = ""
     # The causal text tower, found on first use (None: this model needs the full-context pass).
     _tower: Any = field(default=False, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.text_precision:
+            self.text_precision = self.precision
 
     @property
     def random_weights(self) -> bool:
@@ -220,9 +404,7 @@ class ClipEncoder:
 
     @property
     def dtype(self) -> Any:
-        import torch
-
-        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+        return _DTYPES[self.precision]
 
     def preprocess(self, frames: Sequence[np.ndarray]) -> Any:
         """RGB uint8 frames ``(H, W, 3)`` of any sizes -> normalised ``(N, 3, S, S)`` tensor on
@@ -316,12 +498,20 @@ def load_clip(
     pretrained: str = "",
     device: str = "auto",
     precision: str = "auto",
+    text_precision: str | None = None,
 ) -> ClipEncoder:
     """Build ``model_name`` with weights from an open_clip tag or a checkpoint file (empty:
-    random, logged). Raises RuntimeError with what to do when the weights cannot be had."""
+    random, logged). Frames run at ``precision``, the text tower at ``text_precision``
+    (:func:`resolve_text_precision`; None: ``precision``'s choice). Raises RuntimeError with
+    what to do when the weights cannot be had."""
     open_clip = _open_clip()
     device = resolve_device(device)
+    asked_precision = precision
     precision = resolve_precision(precision, device)
+    text_precision = precision if text_precision is None else resolve_text_precision(text_precision, asked_precision, device)
+    # One precision: open_clip builds it as it always has. Two: build in fp32 and convert each
+    # tower from there, so neither is rounded twice (int8 is quantized from the fp32 weights).
+    build_precision = precision if text_precision == precision else "fp32"
     if model_name not in open_clip.list_models():
         raise ValueError(
             f"unknown open_clip model {model_name!r}; known: a name from open_clip.list_models() "
@@ -341,7 +531,9 @@ def load_clip(
         # build the same random model, or text and frames land in unrelated spaces.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            model = open_clip.create_model(model_name, pretrained=pretrained or None, precision=precision, device=device)
+            model = open_clip.create_model(
+                model_name, pretrained=pretrained or None, precision=build_precision, device=device
+            )
     except Exception as exc:  # download or checkpoint errors come in many types
         where = "checkpoint file" if pretrained and os.path.isfile(pretrained) else "pretrained tag"
         raise RuntimeError(
@@ -349,6 +541,15 @@ def load_clip(
             f"access, download the weights elsewhere and set clip.pretrained to the local file"
         ) from exc
     model.eval()
+    if build_precision != precision:
+        _visual_to_lp(model, _DTYPES[precision])  # precision is fp16/bf16 here: it differs from fp32
+    if build_precision != text_precision:
+        if text_precision == "int8":
+            _text_to_int8(model)
+        else:
+            _text_to_lp(model, _DTYPES[text_precision])
+    if text_precision != precision:
+        log.info("CLIP text tower runs at %s, frames at %s", text_precision, precision, extra={"model": model_name})
     if not pretrained:
         log.warning(
             "CLIP weights are RANDOM (clip.pretrained is empty): features and search results are meaningless",
@@ -367,6 +568,7 @@ def load_clip(
         pretrained=pretrained,
         device=device,
         precision=precision,
+        text_precision=text_precision,
         image_size=int(image_size),
         mean=mean,
         std=std,
@@ -376,7 +578,19 @@ def load_clip(
 
 def load_clip_from_config(config: Any) -> ClipEncoder:
     """:func:`load_clip` with a :class:`spr.config.ClipConfig`."""
-    return load_clip(config.model, config.pretrained, config.device, config.precision)
+    return load_clip(config.model, config.pretrained, config.device, config.precision, config.text_precision)
+
+
+class _Dtypes:
+    """``precision name -> torch dtype``, looked up lazily (torch is imported on first use)."""
+
+    def __getitem__(self, precision: str) -> Any:
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+_DTYPES = _Dtypes()
 
 
 def _file_digest(path: str) -> str:

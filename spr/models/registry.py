@@ -51,7 +51,14 @@ class ProjectorShape:
 class RefinerShape:
     """Sizes of an SPR_CLIP refiner. ``in_dim``/``text_in_dim``: CLIP image/text feature sizes;
     ``dim``: joint space; ``max_frames``: longest proposal in frames (positional table size);
-    ``kernel_size``: odd width of the boundary head's convolution, in frames."""
+    ``kernel_size``: odd width of the boundary head's convolution, in frames.
+
+    ``context_window``: where the frame Transformer's context comes from. 0 is the paper's
+    online mode: it runs over each proposal at query time. ``W > 0`` (even) runs it over fixed
+    windows of ``W`` frames every ``W / 2`` frames of the whole video, positions relative to the
+    window, each frame taken from the window it sits in the middle of: query-independent, so it
+    is computed once per video and stored (:func:`spr.models.refiner.context_rows`). The default
+    stays 0 so that checkpoints saved before the field existed keep the mode they were trained in."""
 
     in_dim: int
     text_in_dim: int
@@ -61,11 +68,18 @@ class RefinerShape:
     max_frames: int = 1024
     kernel_size: int = 5
     dropout: float = 0.1
+    context_window: int = 0
 
     def __post_init__(self) -> None:
         _check_sizes(self, ("in_dim", "text_in_dim", "dim", "layers", "heads", "max_frames", "kernel_size"))
         if self.kernel_size % 2 == 0:
             raise ValueError(f"RefinerShape.kernel_size must be odd (centred on each frame), got {self.kernel_size}")
+        w = self.context_window
+        if isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 0 or w % 2 or w == 2 or w > self.max_frames:
+            raise ValueError(
+                f"RefinerShape.context_window must be 0 (online, per proposal) or an even number of frames in "
+                f"[4, max_frames={self.max_frames}], got {w!r}"
+            )
 
 
 Shape = Union[ProjectorShape, RefinerShape]

@@ -39,7 +39,11 @@ log = logging.getLogger(__name__)
 class TrainingProposal:
     """One padded proposal: ``features`` ``(T, D)`` at ``rate`` per second from ``first_s``;
     ``moment`` the inclusive frame span ``(start, end)`` of its best ground truth, or None for
-    a negative; ``relevance`` of that ground truth (0 for negatives)."""
+    a negative; ``relevance`` of that ground truth (0 for negatives).
+
+    A windowed refiner (``context_window > 0``) also needs ``context``: the video's rows
+    around the proposal from a window start (:func:`spr.models.refiner.context_rows`), with the
+    proposal's first row at ``context_offset``; it then learns on the frame context it serves with."""
 
     video: str
     features: np.ndarray
@@ -47,6 +51,8 @@ class TrainingProposal:
     first_s: float
     moment: tuple[int, int] | None
     relevance: float = 0.0
+    context: np.ndarray | None = None
+    context_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -145,9 +151,12 @@ def refiner_losses(
     frames, mask = frames.to(device), mask.to(device)
     queries = torch.as_tensor(np.stack([ex.query for ex in batch]), dtype=torch.float32, device=device)
     fq = model.embed_queries(queries)  # (B, d)
-    out = model(fq, frames, mask, owner)
+    out = model(fq, frames, mask, owner, encoded=_windowed_frames(model, proposals, mask) if model.windowed else None)
     # Every query against every proposal: (B, P) re-rank scores.
-    sim_all = torch.einsum("ptd,bd->bpt", out.frames, fq).masked_fill(~mask.unsqueeze(0), -math.inf)
+    sim_all = torch.einsum("ptd,bd->bpt", out.frames, fq)
+    if model.windowed:
+        sim_all = sim_all + model.score_prior(mask).unsqueeze(0)
+    sim_all = sim_all.masked_fill(~mask.unsqueeze(0), -math.inf)
     phi = sim_all.amax(dim=2)
     positive = torch.zeros_like(phi, dtype=torch.bool)
     relevance = torch.zeros_like(phi)
@@ -202,6 +211,24 @@ def refiner_losses(
                 ranking_terms.append(F.relu(gap)[stronger].mean())
     losses["ranking"] = torch.stack(ranking_terms).mean() if ranking_terms else zero
     return losses
+
+
+def _windowed_frames(model: SPRClipRefiner, proposals: Sequence[TrainingProposal], mask: torch.Tensor) -> torch.Tensor:
+    """``F^M`` ``(P, T, dim)`` of a windowed refiner: each proposal's rows of its video's
+    windowed frame context, computed over the context rows it carries, padded like ``mask``."""
+    missing = [p.video for p in proposals if p.context is None]
+    if missing:
+        raise ValueError(
+            f"a windowed refiner trains on each proposal's surrounding rows; proposals of {sorted(set(missing))[:5]} "
+            "carry none (build examples with context_window)"
+        )
+    device = mask.device
+    encoded = model.encode_windows([torch.as_tensor(p.context, dtype=torch.float32, device=device) for p in proposals])
+    out = torch.zeros((*mask.shape, model.shape.dim), device=device)
+    for j, (p, fm) in enumerate(zip(proposals, encoded)):
+        n = len(p.features)
+        out[j, :n] = fm[p.context_offset : p.context_offset + n]
+    return out
 
 
 def _subsample(example: RefinerExample, per_query: int, rng: np.random.Generator) -> RefinerExample:
@@ -272,6 +299,7 @@ def examples_from_stores(
     embed: Callable[[np.ndarray], np.ndarray],
     oracle: bool = True,
     max_proposals: int = 24,
+    context_window: int = 0,
 ) -> list[RefinerExample]:
     """Training examples the way the refiner meets queries: each record's (a
     :class:`spr.data.tvr_ranking.QueryRecord`) coarse proposals from the configured stores (ANN
@@ -282,7 +310,8 @@ def examples_from_stores(
     ``(N, text_in_dim)`` of them into ANN query embeddings (the text projector). With ``oracle``
     a moment no retrieved proposal holds is added as its own tau_C-padded proposal, so that
     every query teaches the boundary head. At most ``max_proposals`` per query (positives
-    first, then negatives in coarse rank order)."""
+    first, then negatives in coarse rank order). ``context_window > 0``: each proposal also
+    carries its video's rows around it, for a windowed refiner."""
     from spr.catalog import SegmentCatalog
     from spr.features import FrameFeatureStore
     from spr.proposals import gap_rule_from_config
@@ -320,7 +349,7 @@ def examples_from_stores(
                         spans.append((vid, name, max(0.0, start - p.pad_s), min(duration, end + p.pad_s)))
             read = features.read_many([(vid, s, e) for vid, _, s, e in spans], missing="none")
             labelled = [
-                label_proposal(key, f.features.astype(np.float32), f.rate, f.first_s, truth)
+                _with_context(features, f, label_proposal(key, f.features.astype(np.float32), f.rate, f.first_s, truth), context_window)
                 for (_, key, _, _), f in zip(spans, read)
                 if f is not None
             ]
@@ -333,3 +362,17 @@ def examples_from_stores(
         store.close()
         catalog.close()
     return examples
+
+
+def _with_context(store: Any, read: Any, proposal: TrainingProposal, window: int) -> TrainingProposal:
+    """``proposal`` with its video's rows around it (``window > 0``), read from ``store``."""
+    if window <= 0:
+        return proposal
+    from dataclasses import replace
+
+    from spr.models.refiner import context_rows
+
+    lo = read.first_row
+    c_lo, c_hi = context_rows(lo, lo + len(read.features), window)
+    wide = store.read_span(read.video_id, c_lo / read.rate, c_hi / read.rate)
+    return replace(proposal, context=wide.features.astype(np.float32), context_offset=lo - wide.first_row)

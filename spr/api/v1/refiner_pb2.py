@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from spr.api.v1 import moments_pb2 as spr_dot_api_dot_v1_dot_moments__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18spr/api/v1/refiner.proto\x12\x06spr.v1\x1a\x18spr/api/v1/moments.proto\"\xbf\x01\n\x0eRefineProposal\x12\x10\n\x08video_id\x18\x01 \x01(\x03\x12\x11\n\tvideo_key\x18\x02 \x01(\t\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\x12\x13\n\x0b\x63oarse_rank\x18\x05 \x01(\x05\x12\x18\n\x10video_duration_s\x18\x06 \x01(\x01\x12\x0b\n\x03uri\x18\x07 \x01(\t\x12\x16\n\x0e\x63oarse_start_s\x18\x08 \x01(\x01\x12\x14\n\x0c\x63oarse_end_s\x18\t \x01(\x01\"u\n\rRefineRequest\x12 \n\x05query\x18\x01 \x01(\x0b\x32\x11.spr.v1.Embedding\x12)\n\tproposals\x18\x02 \x03(\x0b\x32\x16.spr.v1.RefineProposal\x12\x17\n\x0fquery_projected\x18\x03 \x01(\x08\"\x86\x02\n\x0eRefineResponse\x12\x1f\n\x07moments\x18\x01 \x03(\x0b\x32\x0e.spr.v1.Moment\x12\x16\n\x0erandom_weights\x18\x02 \x01(\x08\x12\r\n\x05model\x18\x03 \x01(\t\x12\x17\n\x0f\x62\x61tch_proposals\x18\x04 \x01(\x05\x12\x15\n\rbatch_queries\x18\x05 \x01(\x05\x12\x39\n\ntimings_ms\x18\x06 \x03(\x0b\x32%.spr.v1.RefineResponse.TimingsMsEntry\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x05\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32I\n\x0eRefinerService\x12\x37\n\x06Refine\x12\x15.spr.v1.RefineRequest\x1a\x16.spr.v1.RefineResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18spr/api/v1/refiner.proto\x12\x06spr.v1\x1a\x18spr/api/v1/moments.proto\"\xbf\x01\n\x0eRefineProposal\x12\x10\n\x08video_id\x18\x01 \x01(\x03\x12\x11\n\tvideo_key\x18\x02 \x01(\t\x12\x0f\n\x07start_s\x18\x03 \x01(\x01\x12\r\n\x05\x65nd_s\x18\x04 \x01(\x01\x12\x13\n\x0b\x63oarse_rank\x18\x05 \x01(\x05\x12\x18\n\x10video_duration_s\x18\x06 \x01(\x01\x12\x0b\n\x03uri\x18\x07 \x01(\t\x12\x16\n\x0e\x63oarse_start_s\x18\x08 \x01(\x01\x12\x14\n\x0c\x63oarse_end_s\x18\t \x01(\x01\"\x84\x01\n\rRefineRequest\x12 \n\x05query\x18\x01 \x01(\x0b\x32\x11.spr.v1.Embedding\x12)\n\tproposals\x18\x02 \x03(\x0b\x32\x16.spr.v1.RefineProposal\x12\x17\n\x0fquery_projected\x18\x03 \x01(\x08\x12\r\n\x05top_k\x18\x04 \x01(\r\"\x86\x02\n\x0eRefineResponse\x12\x1f\n\x07moments\x18\x01 \x03(\x0b\x32\x0e.spr.v1.Moment\x12\x16\n\x0erandom_weights\x18\x02 \x01(\x08\x12\r\n\x05model\x18\x03 \x01(\t\x12\x17\n\x0f\x62\x61tch_proposals\x18\x04 \x01(\x05\x12\x15\n\rbatch_queries\x18\x05 \x01(\x05\x12\x39\n\ntimings_ms\x18\x06 \x03(\x0b\x32%.spr.v1.RefineResponse.TimingsMsEntry\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x05\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32I\n\x0eRefinerService\x12\x37\n\x06Refine\x12\x15.spr.v1.RefineRequest\x1a\x16.spr.v1.RefineResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REFINERESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_REFINEPROPOSAL']._serialized_start=63
   _globals['_REFINEPROPOSAL']._serialized_end=254
-  _globals['_REFINEREQUEST']._serialized_start=256
-  _globals['_REFINEREQUEST']._serialized_end=373
-  _globals['_REFINERESPONSE']._serialized_start=376
-  _globals['_REFINERESPONSE']._serialized_end=638
-  _globals['_REFINERESPONSE_TIMINGSMSENTRY']._serialized_start=590
-  _globals['_REFINERESPONSE_TIMINGSMSENTRY']._serialized_end=638
-  _globals['_REFINERSERVICE']._serialized_start=640
-  _globals['_REFINERSERVICE']._serialized_end=713
+  _globals['_REFINEREQUEST']._serialized_start=257
+  _globals['_REFINEREQUEST']._serialized_end=389
+  _globals['_REFINERESPONSE']._serialized_start=392
+  _globals['_REFINERESPONSE']._serialized_end=654
+  _globals['_REFINERESPONSE_TIMINGSMSENTRY']._serialized_start=606
+  _globals['_REFINERESPONSE_TIMINGSMSENTRY']._serialized_end=654
+  _globals['_REFINERSERVICE']._serialized_start=656
+  _globals['_REFINERSERVICE']._serialized_end=729
 # @@protoc_insertion_point(module_scope)

@@ -30,14 +30,16 @@ class RefineProposal(_message.Message):
     def __init__(self, video_id: _Optional[int] = ..., video_key: _Optional[str] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., coarse_rank: _Optional[int] = ..., video_duration_s: _Optional[float] = ..., uri: _Optional[str] = ..., coarse_start_s: _Optional[float] = ..., coarse_end_s: _Optional[float] = ...) -> None: ...
 
 class RefineRequest(_message.Message):
-    __slots__ = ("query", "proposals", "query_projected")
+    __slots__ = ("query", "proposals", "query_projected", "top_k")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     PROPOSALS_FIELD_NUMBER: _ClassVar[int]
     QUERY_PROJECTED_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
     query: _moments_pb2.Embedding
     proposals: _containers.RepeatedCompositeFieldContainer[RefineProposal]
     query_projected: bool
-    def __init__(self, query: _Optional[_Union[_moments_pb2.Embedding, _Mapping]] = ..., proposals: _Optional[_Iterable[_Union[RefineProposal, _Mapping]]] = ..., query_projected: _Optional[bool] = ...) -> None: ...
+    top_k: int
+    def __init__(self, query: _Optional[_Union[_moments_pb2.Embedding, _Mapping]] = ..., proposals: _Optional[_Iterable[_Union[RefineProposal, _Mapping]]] = ..., query_projected: _Optional[bool] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class RefineResponse(_message.Message):
     __slots__ = ("moments", "random_weights", "model", "batch_proposals", "batch_queries", "timings_ms", "dropped")
