@@ -175,6 +175,9 @@ class _Pending:
 
 
 _STOP = object()
+# Context rows per pass of a windowed refiner's query half: unpadded, so this only bounds memory
+# (32768 x 768 float32 = 100 MB), unlike max_batch_frames, which buckets padded online passes.
+_CONTEXT_ROWS_PER_PASS = 32_768
 # Mixed precision for the forward pass; fp32 keeps results identical to unbatched CPU runs.
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -351,24 +354,26 @@ class DynamicBatcher:
             dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
             d = model.shape.dim
 
-            def halves(picked: np.ndarray, half: slice) -> torch.Tensor:
-                # One half of the context rows as one contiguous block, in the compute type.
-                return torch.from_numpy(np.concatenate([features[i][:, half] for i in picked])).to(device, dtype)
+            def halves(picked: np.ndarray, half: slice, to: torch.dtype) -> torch.Tensor:
+                # One half of the context rows as one contiguous block, in ``to``.
+                return torch.from_numpy(np.concatenate([features[i][:, half] for i in picked])).to(device, to)
 
+            # Scores of every proposal: a dot product per row, bound by reading the rows, so in
+            # float32 (float16 -> float32 is the cheap conversion; bf16 would cost more than it saves).
+            for chunk in plan_row_chunks(lengths[rows], _CONTEXT_ROWS_PER_PASS):
+                picked = rows[chunk]
+                scores[picked] = model.context_scores(
+                    query_embeddings, halves(picked, slice(0, d), torch.float32),
+                    torch.from_numpy(lengths[picked]).to(device), torch.from_numpy(query_index[picked]).to(device),
+                ).cpu().numpy()
             with self._autocast():
-                for chunk in plan_row_chunks(lengths[rows], self.max_batch_frames):
-                    picked = rows[chunk]
-                    scores[picked] = model.context_scores(
-                        query_embeddings, halves(picked, slice(0, d)),
-                        torch.from_numpy(lengths[picked]).to(device), torch.from_numpy(query_index[picked]).to(device),
-                    ).cpu().numpy()
                 # Boundaries only where they will be returned: each query's top_k by score.
                 start_idx[rows] = end_idx[rows] = -1
                 wanted = _top_k_proposals(works, scores)
-                for chunk in plan_row_chunks(lengths[wanted], self.max_batch_frames):
+                for chunk in plan_row_chunks(lengths[wanted], _CONTEXT_ROWS_PER_PASS):
                     picked = wanted[chunk]
                     s_idx, e_idx = model.context_spans(
-                        query_embeddings, halves(picked, slice(0, d)), halves(picked, slice(d, 2 * d)),
+                        query_embeddings, halves(picked, slice(0, d), dtype), halves(picked, slice(d, 2 * d), dtype),
                         torch.from_numpy(lengths[picked]).to(device), torch.from_numpy(query_index[picked]).to(device),
                     )
                     start_idx[picked] = s_idx.cpu().numpy()

@@ -78,9 +78,9 @@ _THUMBNAILS_SUFFIX = ".thumbs.zip"
 MAX_THUMBNAIL_BYTES = 64 * 1024
 # Fixed entry dates: the same thumbnails give the same bytes, whenever they are written.
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
-# Local feature files kept memory-mapped (one descriptor each): a query's ~100 proposals come
-# from far fewer videos, and the hottest stay mapped across queries.
-_MAPPED_FILES = 512
+# Local feature files whose dataset layout is kept (a few hundred bytes each, no descriptor):
+# every video a query's ~200 proposals touch stays known across queries.
+_KNOWN_LAYOUTS = 65_536
 # Videos are spread over 256 sub-directories: object stores list faster and local
 # directories stay small at a million videos.
 _SHARDS = 256
@@ -177,9 +177,9 @@ class FrameFeatureStore:
             self._fs = None
             self._local = True
             Path(self._root).mkdir(parents=True, exist_ok=True)
-        # Memory maps of local files, most recently read last (see _mapped).
-        self._maps: OrderedDict[str, tuple[tuple[int, int, int], tuple[np.ndarray, float, str]]] = OrderedDict()
-        self._maps_lock = threading.Lock()
+        # Dataset layouts of local files, most recently read last (see _read_local).
+        self._layouts: OrderedDict[str, tuple[tuple[int, int, int], tuple | None]] = OrderedDict()
+        self._layouts_lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config) -> "FrameFeatureStore":
@@ -260,9 +260,9 @@ class FrameFeatureStore:
         return removed
 
     def _forget(self, final: str) -> None:
-        """Drop this process's mapping of ``final`` (its old file's space is freed with it)."""
-        with self._maps_lock:
-            self._maps.pop(final, None)
+        """Drop what this process knows of ``final``'s layout (it was replaced or removed)."""
+        with self._layouts_lock:
+            self._layouts.pop(final, None)
 
     def _remove(self, final: str) -> bool:
         if self._local:
@@ -386,61 +386,83 @@ class FrameFeatureStore:
     ) -> list[FrameFeatures]:
         """Several spans of one video through one file open, in input order."""
         if self._local:
-            mapped = self._mapped(video_id, modality)
-            if mapped is not None:
-                rows, rate, model = mapped
-                return [self._span(video_id, rows, rate, model, s, e) for s, e in spans]
+            direct = self._read_local(video_id, spans, modality)
+            if direct is not None:
+                return direct
         import h5py
 
         with self._open(video_id, modality) as fh, h5py.File(fh, "r") as h5:
             ds = h5[_DATASET]
             rate = float(ds.attrs["rate"])
             model = str(ds.attrs.get("model", ""))
-            return [self._span(video_id, ds, rate, model, s, e) for s, e in spans]
+            out = []
+            for start_s, end_s in spans:
+                lo, hi = self._rows(ds.shape[0], rate, start_s, end_s)
+                out.append(FrameFeatures(int(video_id), ds[lo:hi], rate, lo / rate, model))
+            return out
 
     @staticmethod
-    def _span(video_id: int, rows, rate: float, model: str, start_s: float, end_s: float) -> FrameFeatures:
-        total = rows.shape[0]
+    def _rows(total: int, rate: float, start_s: float, end_s: float) -> tuple[int, int]:
         end = total / rate if math.isinf(end_s) else end_s
-        lo, hi = span_rows(start_s, end, rate, total)
-        return FrameFeatures(int(video_id), np.array(rows[lo:hi]), rate, lo / rate, model)
+        return span_rows(start_s, end, rate, total)
 
-    def _mapped(self, video_id: int, modality: Modality) -> tuple[np.ndarray, float, str] | None:
-        """A local file's rows as a read-only memory map, with its rate and model; None when the
-        dataset is not one contiguous block (then h5py reads it).
+    def _read_local(
+        self, video_id: int, spans: Sequence[tuple[float, float]], modality: Modality
+    ) -> list[FrameFeatures] | None:
+        """Spans of a local file read straight from its bytes; None when its dataset is not one
+        contiguous block (h5py reads it then).
 
-        h5py costs ~0.3 ms per file open and per slice, under one global lock, and a query reads
-        ~100 spans: mapping the contiguous dataset once makes a span a plain copy from the page
-        cache. Maps are kept per path and checked against the file's inode and mtime on every
-        read, so a file replaced by a write (a new inode) is mapped anew, never served stale."""
+        h5py costs ~0.5 ms per file open, under one global lock, and a query reads ~100-200
+        spans of as many videos: the dataset's layout (offset, shape, type, rate, model) is
+        parsed once per file and kept, keyed by the file's inode, mtime and size (checked on the
+        descriptor that is read, so a file replaced by a write is parsed anew, never read with
+        an old layout), and each span is one ``pread``."""
         final = self.path(video_id, modality)
         try:
-            st = os.stat(final)
+            fd = os.open(final, os.O_RDONLY)
         except FileNotFoundError:
-            self._open(video_id, modality)  # raises FeatureNotFound with what to do
+            self._open(video_id, modality)  # raises FeatureNotFound, saying what to do
             raise
-        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
-        with self._maps_lock:
-            hit = self._maps.get(final)
-            if hit is not None and hit[0] == stamp:
-                self._maps.move_to_end(final)
-                return hit[1]
+        try:
+            st = os.fstat(fd)
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+            with self._layouts_lock:
+                hit = self._layouts.get(final)
+                if hit is not None and hit[0] == stamp:
+                    self._layouts.move_to_end(final)
+            layout = hit[1] if hit is not None and hit[0] == stamp else self._parse_layout(fd, final, stamp)
+            if layout is None:
+                return None
+            offset, shape, dtype, rate, model, row_bytes = layout
+            out = []
+            for start_s, end_s in spans:
+                lo, hi = self._rows(shape[0], rate, start_s, end_s)
+                rows = np.empty((hi - lo, *shape[1:]), dtype=dtype)  # filled by the read, not zeroed first
+                if os.preadv(fd, [memoryview(rows).cast("B")], offset + lo * row_bytes) != rows.nbytes:
+                    raise OSError(f"feature file {final} is shorter than its header says; re-ingest video {video_id}")
+                out.append(FrameFeatures(int(video_id), rows, rate, lo / rate, model))
+            return out
+        finally:
+            os.close(fd)
+
+    def _parse_layout(self, fd: int, final: str, stamp: tuple[int, int, int]):
+        """The contiguous dataset's ``(offset, shape, dtype, rate, model)`` of the open file
+        ``fd``, kept for later reads; None for a chunked or compressed one."""
         import h5py
 
-        with h5py.File(final, "r") as h5:
+        with io.FileIO(fd, "rb", closefd=False) as fh, h5py.File(fh, "r") as h5:
             ds = h5[_DATASET]
             offset = ds.id.get_offset()
-            if offset is None or ds.chunks is not None or ds.compression is not None:
-                return None
-            meta = (float(ds.attrs["rate"]), str(ds.attrs.get("model", "")))
-            shape, dtype = ds.shape, ds.dtype
-        rows = np.memmap(final, dtype=dtype, mode="r", offset=offset, shape=shape) if shape[0] else np.zeros(shape, dtype)
-        entry = (rows, *meta)
-        with self._maps_lock:
-            self._maps[final] = (stamp, entry)
-            while len(self._maps) > _MAPPED_FILES:
-                self._maps.popitem(last=False)
-        return entry
+            layout = None
+            if offset is not None and ds.chunks is None and ds.compression is None:
+                shape, dtype = tuple(ds.shape), np.dtype(ds.dtype)
+                row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+                layout = (int(offset), shape, dtype, float(ds.attrs["rate"]), str(ds.attrs.get("model", "")), row_bytes)
+        with self._layouts_lock:
+            self._layouts[final] = (stamp, layout)
+            while len(self._layouts) > _KNOWN_LAYOUTS:
+                self._layouts.popitem(last=False)
+        return layout
 
     def read_many(
         self,
@@ -452,7 +474,7 @@ class FrameFeatureStore:
         """``[(video_id, start_s, end_s), ...]`` in input order, one file open per distinct video
         (a query's ~100 proposals come from far fewer videos). ``missing="none"`` puts None
         where a video has no features instead of raising :class:`FeatureNotFound`; with
-        ``pool`` videos are read in parallel (an object store's per-request latency)."""
+        ``pool`` videos of an object store are read in parallel (its per-request latency)."""
         if missing not in ("raise", "none"):
             raise ValueError(f"missing must be 'raise' or 'none', got {missing!r}")
         requests = list(requests)
@@ -469,7 +491,10 @@ class FrameFeatureStore:
                 return None
 
         videos = list(by_video)
-        results = list(pool.map(read_video, videos)) if pool is not None and len(videos) > 1 else map(read_video, videos)
+        # The pool hides an object store's per-request latency; local reads are a few
+        # microseconds each, and handing them to threads would cost more than it saves.
+        parallel = pool is not None and len(videos) > 1 and not self._local
+        results = list(pool.map(read_video, videos)) if parallel else map(read_video, videos)
         out: list[FrameFeatures | None] = [None] * len(requests)
         for vid, spans in zip(videos, results):
             for i, feats in zip(by_video[vid], spans or ()):

@@ -173,7 +173,7 @@ def test_a_local_write_leaves_no_temporary_files(tmp_path):
 
 
 def test_a_replaced_or_deleted_file_is_never_served_from_an_old_mapping(tmp_path):
-    """Local reads keep files memory-mapped across calls (a query reads ~100 spans); a write
+    """Local reads keep each file's layout across calls (a query reads ~200 spans); a write
     that replaces a video's file, or a delete, must show in the very next read."""
     store = FrameFeatureStore(tmp_path)
     store.write(7, np.ones((40, 4)), 1.0, model="old")
@@ -182,7 +182,7 @@ def test_a_replaced_or_deleted_file_is_never_served_from_an_old_mapping(tmp_path
     store.write(7, np.full((50, 4), 2.0), 1.0, model="new")  # same size class, new inode
     again = store.read_span(7, 2.0, 6.0)
     assert again.model == "new" and float(again.features[0, 0]) == 2.0 and store.read(7).features.shape == (50, 4)
-    first.features[:] = 9.0  # a caller's copy: writing to it touches neither the file nor the map
+    first.features[:] = 9.0  # a caller's own copy: writing to it never touches the file
     assert float(store.read_span(7, 2.0, 6.0).features[0, 0]) == 2.0
     store.delete(7)
     with pytest.raises(FeatureNotFound, match="re-ingest"):
