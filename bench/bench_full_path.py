@@ -51,6 +51,7 @@ from bench_search import (
     DIM,
     CorpusSpec,
     Services,
+    bench_env,
     build_collection,
     build_corpus,
     collection_name,
@@ -191,17 +192,13 @@ def precompute_hot(root: Path, spec: CorpusSpec, checkpoint: Path) -> tuple[int,
 OLD_BATCHING = {"SPR_REFINER__MAX_BATCH_PROPOSALS": "512", "SPR_REFINER__MAX_WAIT_MS": "2", "SPR_REFINER__MAX_BATCH_FRAMES": "65536"}
 
 
-def service_env(root: Path, collection: str, refiner: Path, projector: Path, args: argparse.Namespace) -> dict[str, str]:
+def service_env(root: Path, collection: str, refiner: Path, args: argparse.Namespace) -> dict[str, str]:
+    """bench_search's service settings (Faiss, ViT-L-14 text tower, random projector) with
+    this path's refiner checkpoint and precisions."""
+    base = argparse.Namespace(clip_model=args.clip_model, refiner_device=args.refiner_device, refiner_timeout_ms=0)
     return {
-        "SPR_DATA_DIR": str(root),
-        "SPR_VECTORS__BACKEND": "faiss",
-        "SPR_VECTORS__COLLECTION": collection,
-        "SPR_VECTORS__DIM": str(DIM),
-        "SPR_CLIP__MODEL": args.clip_model,
-        "SPR_CLIP__DEVICE": "cpu",
-        "SPR_PROJECTOR__CHECKPOINT": str(projector),
+        **bench_env(root, "faiss", collection, "", base),
         "SPR_REFINER__CHECKPOINT": str(refiner),
-        "SPR_REFINER__DEVICE": args.refiner_device,
         "SPR_LOGGING__LEVEL": os.environ.get("SPR_BENCH_LOG_LEVEL", "WARNING"),
         **({"SPR_REFINER__PRECISION": args.refiner_precision} if args.refiner_precision else {}),
         **({"SPR_CLIP__TEXT_PRECISION": args.text_precision} if args.text_precision else {}),
@@ -411,9 +408,6 @@ def main() -> int:
         name = collection_name("faiss", args.segments, args.index)
         build_s, cached = build_collection(root, "faiss", name, index_spec(args.index, nlist, nprobe, 64), "", args.build_threads)
         print(f"# faiss {args.index} n={args.segments:,}: built in {build_s:.1f} s{' (cached)' if cached else ''}; {linked} feature links", flush=True)
-        from bench_search import write_checkpoints
-
-        projector, _ = write_checkpoints(root, args.clip_model)
         refiners = write_refiners(root, args.clip_model)
         if "new" in args.paths:
             rows, secs = precompute_hot(root, spec, refiners["new"])
@@ -422,7 +416,7 @@ def main() -> int:
             result["precompute_rows_per_s"] = rows / secs if secs else None
         probe = 0 if args.index == "FLAT" else nprobe
         for i, label in enumerate(args.paths):
-            env = service_env(root, name, refiners["new" if label == "new" else "old"], projector, args)
+            env = service_env(root, name, refiners["new" if label == "new" else "old"], args)
             if label == "old":
                 env.update(OLD_BATCHING)
             env["_label"] = label

@@ -29,7 +29,7 @@ import numpy as np
 from spr.catalog import SegmentCatalog
 from spr.catalog.bulk import mark_ready_many, register_videos_pending, replace_segments_many, set_tracks_many
 from spr.features import VISUAL, FrameFeatureStore, Modality, check_modality
-from spr.publish import VideoPayload, _invalidate_other_versions, _publish_track
+from spr.publish import VideoPayload, _invalidate_other_versions, _publish_track, check_segment_payload
 from spr.segments import segment_bounds
 from spr.stores import VectorStore
 
@@ -134,20 +134,7 @@ def _check(
         if p.thumbnails:
             raise ValueError(f"video {p.key!r} carries thumbnails; the bulk publish is for imported features")
         bounds = segment_bounds(p.duration_s, segment_length_s)
-        emb = np.asarray(p.embeddings)
-        if emb.ndim != 2 or len(emb) != len(bounds):
-            raise ValueError(
-                f"video {p.key!r} of {p.duration_s} s has {len(bounds)} segments of {segment_length_s} s, "
-                f"but {emb.shape[0] if emb.ndim else 0} embeddings were given (shape {emb.shape})"
-            )
-        for track, text in p.texts.items():
-            if track not in text_collections:
-                raise ValueError(f"video {p.key!r} carries {track} texts but no {track} collection was given")
-            if len(text.texts) != len(bounds) or len(text.embeddings) != len(text.ordinals):
-                raise ValueError(
-                    f"video {p.key!r}: its {track} track has {len(text.texts)} segment texts and "
-                    f"{len(text.embeddings)} embeddings for {len(bounds)} segments"
-                )
+        check_segment_payload(p, bounds, segment_length_s, text_collections)
         checked.append((p, bounds))
     if len({p.key for p, _ in checked}) != len(checked):
         raise ValueError("a video key appears twice in one batch")

@@ -150,6 +150,28 @@ class VideoPayload:
         )
 
 
+def check_segment_payload(
+    p: VideoPayload, bounds: np.ndarray, segment_length_s: float, text_collections: Mapping[str, str]
+) -> np.ndarray:
+    """``p``'s embeddings ``(segments, dim)`` float32, checked against its ``bounds`` (one per
+    segment), and its text tracks against the collections given; ValueError naming the video."""
+    emb = np.asarray(p.embeddings, dtype=np.float32)
+    if emb.ndim != 2 or len(emb) != len(bounds):
+        raise ValueError(
+            f"video {p.key!r} of {p.duration_s} s has {len(bounds)} segments of {segment_length_s} s, "
+            f"but {emb.shape[0] if emb.ndim else 0} embeddings were given (shape {emb.shape})"
+        )
+    for track, text in p.texts.items():
+        if track not in text_collections:
+            raise ValueError(f"video {p.key!r} carries {track} texts but no {track} collection was given")
+        if len(text.texts) != len(bounds) or len(text.embeddings) != len(text.ordinals):
+            raise ValueError(
+                f"video {p.key!r}: its {track} track has {len(text.texts)} segment texts and "
+                f"{len(text.embeddings)} embeddings for {len(bounds)} segments"
+            )
+    return emb
+
+
 def publish_videos(
     catalog: SegmentCatalog,
     store: VectorStore,
@@ -195,20 +217,7 @@ def publish_videos(
                 )
             # Refused here, before any video of the batch is registered, like a bad embedding.
             check_thumbnails(p.key, p.thumbnails)
-        emb = np.asarray(p.embeddings, dtype=np.float32)
-        if emb.ndim != 2 or len(emb) != len(bounds):
-            raise ValueError(
-                f"video {p.key!r} of {p.duration_s} s has {len(bounds)} segments of {segment_length_s} s, "
-                f"but {emb.shape[0] if emb.ndim else 0} embeddings were given (shape {emb.shape})"
-            )
-        for track, text in p.texts.items():
-            if track not in text_collections:
-                raise ValueError(f"video {p.key!r} carries {track} texts but no {track} collection was given")
-            if len(text.texts) != len(bounds) or len(text.embeddings) != len(text.ordinals):
-                raise ValueError(
-                    f"video {p.key!r}: its {track} track has {len(text.texts)} segment texts and "
-                    f"{len(text.embeddings)} embeddings for {len(bounds)} segments"
-                )
+        emb = check_segment_payload(p, bounds, segment_length_s, text_collections)
         checked.append((p, bounds, emb))
     if not checked:
         return []

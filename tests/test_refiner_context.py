@@ -191,8 +191,8 @@ def test_an_online_refiner_has_no_context_to_precompute(tmp_path):
 
 
 def test_spr_refiner_precompute_fills_every_video_once_per_checkpoint(tmp_path):
-    """`spr refiner precompute` writes each video's rows, skips current ones on a re-run, and
-    rewrites them all for another checkpoint; the refiner then reads them (none computed)."""
+    """`spr import` (like ingest) writes each video's rows; `spr refiner precompute` skips
+    current ones, rewrites them all for another checkpoint, and has nothing to do online."""
     import json
 
     from conftest import run_spr
@@ -208,10 +208,11 @@ def test_spr_refiner_precompute_fills_every_video_once_per_checkpoint(tmp_path):
         return json.loads(done.stdout)
 
     spr("train", "synthetic", str(bench), "--videos", "6", "--types", "2")
-    spr("import", str(bench / "features.h5"), "--manifest", str(bench / "durations.jsonl"), "--collection", "base")
-    first = spr("refiner", "precompute")
+    imported = spr("import", str(bench / "features.h5"), "--manifest", str(bench / "durations.jsonl"), "--collection", "base")
+    first = imported["refiner_context"]  # an import of frame features precomputes what it wrote
     assert first["written"] == 6 and first["random_weights"] and first["rows"] > 0
-    assert spr("refiner", "precompute")["current"] == 6  # the random refiner is the same in every process
+    again = spr("refiner", "precompute")  # the random refiner is the same in every process
+    assert again["current"] == 6 and again["written"] == 0 and again["version"] == first["version"]
     checkpoint = tmp_path / "refiner.pt"
     save_refiner(checkpoint, build_refiner(RefinerShape(in_dim=64, text_in_dim=64, dim=32, heads=2, layers=1, context_window=16)))
     other = spr("refiner", "precompute", SPR_REFINER__CHECKPOINT=str(checkpoint))

@@ -61,6 +61,10 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--force", action="store_true", help="re-import videos even when unchanged")
     p.add_argument(
+        "--no-refiner-context", action="store_true",
+        help="do not precompute the refiner's frame context afterwards (`spr refiner precompute` does it later)",
+    )
+    p.add_argument(
         "--feature-model",
         metavar="NAME",
         default="",
@@ -133,6 +137,8 @@ def cmd_import(config: Any, args: argparse.Namespace) -> int:
 
     from spr.ingest.importer import ImportInputError, ImportOptions, import_features
 
+    from .refiner_context import precompute_or_warn
+
     if args.progress_every < 0:
         raise UsageError("--progress-every must be 0 or more")
     options = ImportOptions(
@@ -153,11 +159,16 @@ def cmd_import(config: Any, args: argparse.Namespace) -> int:
         summary = import_features(config, args.features, args.manifest, options, progress=_print_progress)
     except ImportInputError as exc:
         raise UsageError(str(exc)) from None
+    # Ready-made segments come without frame features: nothing for the refiner to read.
+    context = None if args.no_refiner_context or args.segments else precompute_or_warn(config)
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print(json.dumps({**summary.to_dict(), "refiner_context": context}, indent=2))
     else:
         print(format_summary(summary))
+        if context and context.get("written"):
+            print(f"refiner context: {context['written']} videos precomputed ({context['rows']} rows) for {context['refiner']}")
     return 1 if summary.failed else 0
+
 
 
 def _open_collection(config: Any, name: str | None) -> tuple[Any, str]:

@@ -58,6 +58,8 @@ def add_commands(sub: Any) -> None:
 def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
     from spr.errors import UsageError
 
+    from .refiner_context import precompute_or_warn
+
     from spr.ingest.pipeline import IngestError, run_ingest
     from spr.ingest.sources import SourceError, sources_from_manifest, sources_from_paths
 
@@ -87,7 +89,7 @@ def cmd_ingest(config: Any, args: argparse.Namespace) -> int:
             )
     except IngestError as exc:
         raise UsageError(str(exc)) from None
-    context = None if args.no_refiner_context else _refiner_context(config)
+    context = None if args.no_refiner_context else precompute_or_warn(config)
     if args.json:
         print(json.dumps({**_summary_json(summary), "refiner_context": context}, indent=2))
     else:
@@ -122,6 +124,8 @@ def _stdout_to_stderr() -> Iterator[None]:
 def cmd_reembed(config: Any, args: argparse.Namespace) -> int:
     from spr.errors import UsageError
 
+    from .refiner_context import precompute_or_warn
+
     from spr.ingest.reembed import ReembedError, reembed_collection
 
     def progress(done: int, total: int) -> None:
@@ -140,7 +144,7 @@ def cmd_reembed(config: Any, args: argparse.Namespace) -> int:
         "wall_s": summary.wall_s,
         "text_model": summary.text_model,
         "text_segments": summary.text_segments,
-        "refiner_context": None if args.no_refiner_context else _refiner_context(config),
+        "refiner_context": None if args.no_refiner_context else precompute_or_warn(config),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -152,21 +156,6 @@ def cmd_reembed(config: Any, args: argparse.Namespace) -> int:
         for key in summary.missing:
             print(f"  no stored features: {key} (re-ingest it)", file=sys.stderr)
     return 1 if summary.missing else 0
-
-
-def _refiner_context(config: Any) -> dict | None:
-    """A windowed refiner's frame context for the videos that lack current rows (the ones just
-    written), as `spr refiner precompute` makes it. A failure here loses nothing (the refiner
-    computes missing rows itself), so it is a warning, not an error."""
-    from spr.cli.refiner_context import precompute_refiner_context
-    from spr.refinement import RefinerLoadError
-
-    try:
-        return precompute_refiner_context(config)
-    except (RefinerLoadError, OSError, ValueError) as exc:
-        print(f"warning: refiner context not precomputed ({exc}); run `spr refiner precompute` after fixing it",
-              file=sys.stderr)
-        return {"error": str(exc)}
 
 
 def cmd_delete(config: Any, args: argparse.Namespace) -> int:

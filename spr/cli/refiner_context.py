@@ -4,7 +4,7 @@ A refiner whose frame Transformer runs over fixed windows of each video (``conte
 the default of ``spr train refiner``) reads each proposal's context rows from the feature store
 at query time instead of running the Transformer. This command computes them with
 ``refiner.checkpoint``, for every video with frame features whose rows are missing or were made
-by other weights; ``spr ingest`` and ``spr reembed`` run it over what they wrote. A refiner that
+by other weights; ``spr ingest``, ``spr import`` and ``spr reembed`` run it over what they wrote. A refiner that
 finds no current rows computes them from the frames itself (slower, never stale).
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["add_precompute_command", "cmd_refiner_precompute", "precompute_refiner_context"]
+__all__ = ["add_precompute_command", "cmd_refiner_precompute", "precompute_or_warn", "precompute_refiner_context"]
 
 
 def add_precompute_command(refiner_parser: Any) -> None:
@@ -71,6 +71,20 @@ def precompute_refiner_context(config: Any, *, force: bool = False, quiet: bool 
         "wall_s": report.wall_s,
         "rows_per_s": report.rows / report.wall_s if report.wall_s else 0.0,
     }
+
+
+def precompute_or_warn(config: Any) -> dict | None:
+    """:func:`precompute_refiner_context` after a command wrote videos (ingest, import,
+    reembed): the rows of those that lack current ones. A failure here loses nothing (the
+    refiner computes missing rows itself), so it is a warning on stderr, not an error."""
+    from spr.refinement import RefinerLoadError
+
+    try:
+        return precompute_refiner_context(config)
+    except (RefinerLoadError, OSError, ValueError) as exc:
+        print(f"warning: refiner context not precomputed ({exc}); run `spr refiner precompute` after fixing it",
+              file=sys.stderr)
+        return {"error": str(exc)}
 
 
 def cmd_refiner_precompute(config: Any, args: argparse.Namespace) -> int:
