@@ -28,8 +28,8 @@ import numpy as np
 
 from spr.catalog import SegmentCatalog
 from spr.catalog.bulk import mark_ready_many, register_videos_pending, replace_segments_many, set_tracks_many
-from spr.features import VISUAL, FrameFeatureStore, Modality, check_modality
-from spr.publish import VideoPayload, _invalidate_other_versions, _publish_track, check_segment_payload
+from spr.features import VISUAL, FrameFeatureStore, Modality
+from spr.publish import VideoPayload, _invalidate_other_versions, _publish_track, check_payload_features, check_segment_payload
 from spr.segments import segment_bounds
 from spr.stores import VectorStore
 
@@ -127,10 +127,7 @@ def _check(
     """Each payload with its segment bounds; ValueError naming the first that does not fit."""
     checked = []
     for p in payloads:
-        for modality in p.features:
-            check_modality(modality)
-        if p.features and feature_store is None:
-            raise ValueError(f"video {p.key!r} carries {sorted(p.features)} features but no feature store was given")
+        check_payload_features(p, feature_store)
         if p.thumbnails:
             raise ValueError(f"video {p.key!r} carries thumbnails; the bulk publish is for imported features")
         bounds = segment_bounds(p.duration_s, segment_length_s)

@@ -8,7 +8,7 @@ rows; a proposal whose rows are missing or were made by other weights gets its r
 from the CLIP frame features around it instead (:func:`contexts_for_spans`), never stale ones.
 
 :func:`precompute_contexts` fills the store: ``spr refiner precompute`` runs it over every video,
-``spr ingest`` and ``spr reembed`` over the videos they wrote.
+``spr ingest``, ``spr import`` and ``spr reembed`` after they wrote videos.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from spr.features import FeatureNotFound, FrameFeatures, FrameFeatureStore
-from spr.models.refiner import CONTEXT_MODALITY, SPRClipRefiner, window_of
+from spr.models.refiner import CONTEXT_MODALITY, SPRClipRefiner, context_rows, window_of
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,11 @@ def contexts_for_spans(
         by_video.setdefault(f.video_id, []).append(i)
     needed = {}  # video -> sorted window indices its spans need
     for vid, items in by_video.items():
-        ks = set()
+        ks: set[int] = set()
         for i in items:
             lo = visual[i].first_row
-            ks.update(range(int(window_of(torch.tensor(lo), window)), int(window_of(torch.tensor(lo + len(visual[i].features) - 1), window)) + 1))
+            c_lo, c_hi = context_rows(lo, lo + len(visual[i].features), window)
+            ks.update(range(c_lo // s, (c_hi - window) // s + 1))
         needed[vid] = sorted(ks)
     videos = list(needed)
     rate = {vid: visual[by_video[vid][0]].rate for vid in videos}

@@ -172,7 +172,7 @@ class InProcessRefiner:
             return self._answer([], 0, None, {})
         model = self.model
         if model is not None and model.windowed:
-            kept, features, rows, context_ms = self._read_context(model, request)
+            kept, features, rows, computed, context_ms = self._read_context(model, request)
         else:
             kept, features = self._read_features(request)
             rows = None
@@ -183,18 +183,17 @@ class InProcessRefiner:
             return self._answer([], dropped, None, timings)
         batcher = self._ready_batcher(features[0].features.shape[1], request, timings)
         if batcher.model.windowed and rows is None:  # the first call of a lazily started refiner
-            kept, features, rows, context_ms = self._read_context(batcher.model, request)
+            kept, features, rows, computed, context_ms = self._read_context(batcher.model, request)
         self._check_features(batcher.model, kept, features, rows is not None)
-        computed = 0
         if rows is not None:
             work = RefineWork(
                 query, rows, request.query_projected, request.modality, context=True,
                 top_k=request.top_k, ranks=[c.coarse_rank for c in kept],
             )
-            computed = sum(f.model != "context" for f in features)
             if computed:
                 timings["context"] = context_ms
         else:
+            computed = 0
             work = RefineWork(query, [f.features for f in features], request.query_projected, request.modality)
         scored = self._score(batcher, work, timeout_s)
         moments = _placed_moments(kept, features, scored, request.top_k)
@@ -265,12 +264,13 @@ class InProcessRefiner:
 
     def _read_context(
         self, model: SPRClipRefiner, request: RefineRequest
-    ) -> tuple[list[RefineCandidate], list[FrameFeatures], list[np.ndarray], float]:
+    ) -> tuple[list[RefineCandidate], list[FrameFeatures], list[np.ndarray], int, float]:
         """A windowed refiner's inputs: the candidates whose video still has features, where
-        each lies (``FrameFeatures`` of its rows; ``model`` "context" where the stored rows were
-        used), its context rows ``(T_i, 2 dim)``, and the milliseconds spent computing rows. Stored rows are used where they carry this
-        model's version; the others are computed from the frames around the span, and rows of
-        other weights are never used (``spr refiner precompute`` makes them current)."""
+        each lies (``FrameFeatures`` of its rows), its context rows ``(T_i, 2 dim)``, how many
+        of those were computed here and the milliseconds that took. Stored rows are used where
+        they carry this model's version; the others are computed from the frames around the
+        span, and rows of other weights are never used (``spr refiner precompute`` makes them
+        current)."""
         candidates = request.candidates
         spans = [(c.video_id, c.start_s, c.end_s) for c in candidates]
         try:
@@ -308,11 +308,10 @@ class InProcessRefiner:
                 where.append(f)
                 rows.append(next(computed))
             else:
-                f = stored[i]
                 kept.append(c)
-                where.append(FrameFeatures(f.video_id, f.features, f.rate, f.first_s, "context"))
-                rows.append(f.features)
-        return kept, where, rows, context_ms
+                where.append(stored[i])
+                rows.append(stored[i].features)
+        return kept, where, rows, len(found), context_ms
 
     def _autocast_dtype(self) -> "torch.dtype | None":
         """The serving precision's autocast dtype (None for fp32), for rows computed here."""

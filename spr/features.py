@@ -421,8 +421,7 @@ class FrameFeatureStore:
         try:
             fd = os.open(final, os.O_RDONLY)
         except FileNotFoundError:
-            self._open(video_id, modality)  # raises FeatureNotFound, saying what to do
-            raise
+            raise self._not_found(video_id, modality) from None
         try:
             st = os.fstat(fd)
             stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -526,11 +525,13 @@ class FrameFeatureStore:
                 return open(final, "rb")
             return self._fs.open(final, "rb")
         except FileNotFoundError:
-            what = "frame features" if modality == VISUAL else f"{modality} features"
-            raise FeatureNotFound(
-                f"no {what} for video id {video_id} in {self.url}; re-ingest the video "
-                f"(or `spr import` its features)"
-            ) from None
+            raise self._not_found(video_id, modality) from None
+
+    def _not_found(self, video_id: int, modality: Modality) -> FeatureNotFound:
+        what = "frame features" if modality == VISUAL else f"{modality} features"
+        return FeatureNotFound(
+            f"no {what} for video id {video_id} in {self.url}; re-ingest the video (or `spr import` its features)"
+        )
 
 
 def _encode(features: np.ndarray, rate: float, model: str) -> bytes:

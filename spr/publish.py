@@ -150,6 +150,14 @@ class VideoPayload:
         )
 
 
+def check_payload_features(p: VideoPayload, feature_store: FrameFeatureStore | None) -> None:
+    """``p``'s feature modalities are valid names and have a store to go to; ValueError otherwise."""
+    for modality in p.features:
+        check_modality(modality)
+    if p.features and feature_store is None:
+        raise ValueError(f"video {p.key!r} carries {sorted(p.features)} features but no feature store was given")
+
+
 def check_segment_payload(
     p: VideoPayload, bounds: np.ndarray, segment_length_s: float, text_collections: Mapping[str, str]
 ) -> np.ndarray:
@@ -203,10 +211,7 @@ def publish_videos(
     text_collections = dict(text_collections or {})
     checked = []
     for p in payloads:
-        for modality in p.features:
-            check_modality(modality)
-        if p.features and feature_store is None:
-            raise ValueError(f"video {p.key!r} carries {sorted(p.features)} features but no feature store was given")
+        check_payload_features(p, feature_store)
         bounds = segment_bounds(p.duration_s, segment_length_s)
         if p.thumbnails:
             if feature_store is None:
